@@ -1,0 +1,96 @@
+"""The backend base class and its registry."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from gimefive.errors import GimefiveError
+
+BACKENDS: dict[str, type[Backend]] = {}
+
+#: Modules that register backends when imported; imported lazily by the registry.
+BACKEND_MODULES: dict[str, str] = {
+    "torch": "gimefive.backends.torch_backend",
+    "onnxruntime": "gimefive.backends.ort_backend",
+    "tensorrt": "gimefive.backends.trt_backend",
+}
+
+#: ``auto`` tries these in order and takes the first that is available.
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+
+class Backend(ABC):
+    """One engine. Subclasses implement :meth:`infer`; the rest is shared."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether this machine can run the backend (libraries, devices)."""
+        return True
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray, cam: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """``float32 [N,3,64,64]`` -> ``(probs [N,6], cam [N,h,w] or None)``."""
+
+    def __call__(self, batch: np.ndarray, cam: bool = True):
+        batch = check_batch(batch)
+        if batch.shape[0] == 0:
+            return np.zeros((0, 6), np.float32), (np.zeros((0, 0, 0), np.float32) if cam else None)
+        return self.infer(batch, cam)
+
+    def close(self) -> None:
+        """Release sessions and device memory; call it (or use ``with``) when done."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_batch(batch: np.ndarray) -> np.ndarray:
+    if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
+        shape = getattr(batch, "shape", type(batch).__name__)
+        raise ValueError(f"expected a float32 batch [N,3,H,W], got {shape}")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make ``cls`` selectable by its ``name``."""
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+def _load(name: str) -> type[Backend] | None:
+    if name not in BACKENDS and name in BACKEND_MODULES:
+        try:
+            importlib.import_module(BACKEND_MODULES[name])
+        except ImportError:
+            return None
+    return BACKENDS.get(name)
+
+
+def available_backends() -> list[str]:
+    return [n for n in BACKEND_MODULES if (c := _load(n)) is not None and c.is_available()]
+
+
+def create_backend(name: str = "auto", **options) -> Backend:
+    """Instantiate a backend by name; ``auto`` picks the fastest available one."""
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            cls = _load(candidate)
+            if cls is not None and cls.is_available():
+                return cls(**options)
+        raise GimefiveError("no classifier backend is available (install torch or onnxruntime)")
+    if name not in BACKEND_MODULES:
+        raise GimefiveError(f"unknown backend {name!r}; expected one of "
+                            f"{['auto', *BACKEND_MODULES]}")
+    cls = _load(name)
+    if cls is None or not cls.is_available():
+        raise GimefiveError(f"backend {name!r} is not available on this machine")
+    return cls(**options)
