@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "explain": "gimefive.export.cli:explain_command",
     "annotate": "gimefive.pipeline.cli:annotate_command",
     "stage": "gimefive.pipeline.cli:stage_command",
-    "monitor": "gimefive.pipeline.cli:monitor_command",
+    "monitor": "gimefive.pipeline.monitor_cli:monitor_command",
     "bench": "gimefive.pipeline.bench_cli:bench_command",
 }
 
