@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from gimefive.detector import FaceDetector, box_iou, decode, nms, prior_boxes
+from gimefive.errors import GimefiveError
+
+# the astronaut's face, measured by hand on skimage.data.astronaut() (x1, y1, x2, y2)
+ASTRONAUT_FACE = (180, 60, 272, 175)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector(max_side=640, threads=1)
+
+
+def test_astronaut_has_exactly_one_face_in_the_right_place(detector, astronaut_bgr):
+    (det,) = detector.detect([astronaut_bgr])
+    assert len(det) == 1
+    assert det.scores[0] > 0.9
+    assert box_iou(det.boxes, np.array([ASTRONAUT_FACE]))[0, 0] > 0.7
+    right_eye, left_eye, nose, mouth_r, mouth_l = det.landmarks[0]
+    x1, y1, x2, y2 = det.boxes[0]
+    assert x1 < right_eye[0] < nose[0] < left_eye[0] < x2       # eyes either side of nose
+    assert y1 < right_eye[1] < nose[1] < mouth_r[1] < y2         # eyes above nose above mouth
+    assert abs(mouth_l[1] - mouth_r[1]) < 10
+
+
+def test_full_frame_coordinates_after_downscaling(astronaut_bgr):
+    """A face pasted into a big frame is found where it was pasted, at any max_side."""
+    frame = np.full((720, 1280, 3), 40, np.uint8)
+    frame[150:662, 600:1112] = astronaut_bgr
+    expected = np.array(ASTRONAUT_FACE, np.float32) + [600, 150, 600, 150]
+    for max_side in (320, 640, 1280):
+        (det,) = FaceDetector(max_side=max_side, threads=1).detect([frame])
+        assert len(det) == 1, max_side
+        assert box_iou(det.boxes, expected[None])[0, 0] > 0.7, (max_side, det.boxes)
+
+
+def test_batch_of_mixed_sizes_matches_one_by_one(detector, astronaut_bgr):
+    blank = np.zeros((200, 300, 3), np.uint8)
+    flipped = np.ascontiguousarray(astronaut_bgr[:, ::-1])
+    frames = [astronaut_bgr, blank, flipped, astronaut_bgr]
+    batched = detector.detect(frames)
+    assert [len(d) for d in batched] == [1, 0, 1, 1]
+    single = detector.detect([flipped])[0]
+    np.testing.assert_allclose(batched[2].boxes, single.boxes, atol=0.05)
+    # the mirror image's face is mirrored
+    assert abs((512 - batched[2].boxes[0, 2]) - batched[0].boxes[0, 0]) < 6
+
+
+def test_priors_match_the_network_layout():
+    priors = prior_boxes(360, 640)
+    assert priors.shape == ((45 * 80 + 23 * 40 + 12 * 20) * 2, 4)
+    np.testing.assert_allclose(priors[:3], [[4, 4, 16, 16], [4, 4, 32, 32], [12, 4, 16, 16]])
+
+
+def test_decode_zero_offsets_returns_the_anchor():
+    priors = np.array([[100, 50, 16, 16]], np.float32)
+    boxes, points = decode(np.zeros((1, 4), np.float32), np.zeros((1, 10), np.float32), priors)
+    np.testing.assert_allclose(boxes, [[92, 42, 108, 58]])
+    np.testing.assert_allclose(points, np.tile([[100, 50]], (1, 5, 1)))
+
+
+def test_nms_keeps_best_of_overlapping():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    keep = nms(boxes, np.array([0.5, 0.9, 0.8], np.float32), 0.4)
+    assert keep.tolist() == [1, 2]
+
+
+def test_bad_frames_and_options_are_named(detector):
+    with pytest.raises(ValueError, match="frame 1: expected BGR uint8"):
+        detector.detect([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+    with pytest.raises(GimefiveError, match="max_side"):
+        FaceDetector(max_side=8)
