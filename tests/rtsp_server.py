@@ -126,6 +126,62 @@ class RtspServer:
         self.stop()
 
 
+class RelayServer:
+    """Debian's ``rtsp-server-perl``: publishers ANNOUNCE/RECORD to ``publish_url``, readers
+    (UDP only) read the same path at ``read_url``. Used to test the RTSP push output."""
+
+    def __init__(self, path: str = "out") -> None:
+        self.client_port, self.source_port = free_port(), free_port()
+        self.path = path
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        if shutil.which("rtsp-server-perl") is None:
+            return "rtsp-server-perl not installed (apt-get install rtsp-server-perl)"
+        return None
+
+    @property
+    def publish_url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.source_port}/{self.path}"
+
+    @property
+    def read_url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.client_port}/{self.path}"
+
+    def start(self, timeout: float = 15.0) -> RelayServer:
+        self.proc = subprocess.Popen(
+            ["rtsp-server-perl", "--clientport", str(self.client_port), "--serverport",
+             str(self.source_port), "--client_listen_address", "127.0.0.1",
+             "--source_listen_address", "127.0.0.1", "--rtp_start_port", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = threading.Event()
+        for _ in range(int(timeout * 10)):  # poll until it accepts connections
+            try:
+                with socket.create_connection(("127.0.0.1", self.source_port), timeout=0.5):
+                    return self
+            except OSError:
+                deadline.wait(0.1)
+        self.stop()
+        raise RuntimeError("rtsp-server-perl did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> RelayServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 # --------------------------------------------------------------------------- server side
 def _launch_line(image: str | None, width: int, height: int, fps: int) -> str:
     if image:
