@@ -64,17 +64,17 @@ def route_maxpool_grad(pre: torch.Tensor, pooled: torch.Tensor,
     window positions are strided slices; a position wins if it equals the window max
     and no earlier one (row-major) did, exactly PyTorch's CPU tie rule.
     """
-    channels, height, width = pre.shape[1], pre.shape[2], pre.shape[3]
     taken = torch.zeros_like(pooled)
-    parts = []
+    rows = []
     for dy in (0, 1):
+        row = []
         for dx in (0, 1):
             hit = (pre[:, :, dy::2, dx::2] == pooled).to(pooled.dtype) * (1 - taken)
             taken = taken + hit
-            parts.append(hit * grad_pooled)
-    # [N,C,h,w,2(dy),2(dx)] -> [N,C,h,dy,w,dx] -> [N,C,2h,2w]
-    stacked = torch.stack(parts, dim=-1).unflatten(-1, (2, 2))
-    return stacked.permute(0, 1, 2, 4, 3, 5).reshape(-1, channels, height, width)
+            row.append(hit * grad_pooled)
+        rows.append(torch.stack(row, dim=-1))  # [N,C,h,w,2(dx)]
+    # [N,C,h,2(dy),w,2(dx)] -> [N,C,2h,2w]; plain Reshapes, no shape arithmetic
+    return torch.stack(rows, dim=3).flatten(4).flatten(2, 3)
 
 
 class GiMeFiveCam(nn.Module):
@@ -121,7 +121,7 @@ class GiMeFiveCam(nn.Module):
         g = (g @ m.fc2.weight) * (z1 > 0).to(z1.dtype)
         dv = g @ m.fc1.weight
         a5, r5, p5 = kept[5]
-        dp = dv[:, :, None, None].expand_as(p5) / (p5.shape[2] * p5.shape[3])
+        dp = dv[:, :, None, None] / (p5.shape[2] * p5.shape[3])  # broadcast over P
         da = self._through_block(5, r5, p5, dp)
         activation = a5
         if self.cam_layer == "conv4":

@@ -84,6 +84,32 @@ def export_onnx(model, path: str | Path, cam_layer: str = "conv5", class_input: 
     return path
 
 
+class _ProbsOnly(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def export_probs_onnx(model, path: str | Path, opset: int = OPSET) -> Path:
+    """The classifier alone (``input`` -> ``probs``): what a backend runs when no CAM is asked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ProbsOnly(model.float().cpu()), (torch.zeros(2, 3, 64, 64),), str(tmp),
+                          dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=["probs"], do_constant_folding=True,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, "probs": {0: "batch"}})
+    model.eval()
+    tmp.replace(path)
+    return path
+
+
 def check_onnx(path: str | Path) -> list[str]:
     """``onnx.checker`` full check; returns the graph's operator types."""
     import onnx
