@@ -39,21 +39,24 @@ def _positive(ctx: click.Context, param: click.Parameter, value):
               help="Train on a stratified subset of this many faces (quick runs).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="auto = bf16 where the hardware has native bf16 (AMX, CUDA), else fp32.")
+@click.option("--threads", type=int, callback=_positive,
+              help="Torch CPU threads (default: all cores).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its state.pt (epoch, optimizer, RNG).")
 @click.option("--strict", is_flag=True,
               help="Stop at the first missing or unreadable image instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(data_dir: Path, train_csv: Path, config_path: Path, out_dir: Path,
-                  epochs, batch_size, lr, seed, max_train_images, precision, resume: bool,
+                  epochs, batch_size, lr, seed, max_train_images, precision, threads,
+                  resume: bool,
                   strict: bool, quiet: bool) -> None:
     """Train GiMeFive on an image folder plus a labels CSV.
 
+    \b
     Example:
-
-      gimefive train --data-dir ../shared/data/fer-gimefive/train
-      --train-csv ../shared/data/fer-gimefive/splits/rafdb_train.csv
-      --out runs/rafdb --epochs 3
+      gimefive train --data-dir ../shared/data/fer-gimefive/train \\
+        --train-csv ../shared/data/fer-gimefive/splits/rafdb_train.csv \\
+        --out runs/rafdb --epochs 3
 
     Interrupt at any time; rerun the same command with --resume to continue.
     """
@@ -64,7 +67,7 @@ def train_command(data_dir: Path, train_csv: Path, config_path: Path, out_dir: P
         config_path = own_config
     config = load_train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed, max_train_images=max_train_images,
-                               precision=precision)
+                               precision=precision, threads=threads)
     started = time.monotonic()
     result = train(config, data_dir, train_csv, out_dir, resume=resume, strict=strict,
                    progress=not quiet)
@@ -101,10 +104,10 @@ def eval_command(weights: Path | None, data_dir: Path, csv_path: Path, out_dir: 
     """Evaluate weights on a labelled split: accuracy, per-class accuracy, macro recall,
     a confusion-matrix PNG and a per-image scores CSV.
 
+    \b
     Example:
-
-      gimefive eval --data-dir ../shared/data/fer-gimefive/test
-      --csv ../shared/data/fer-gimefive/splits/rafdb_test.csv -o eval/rafdb
+      gimefive eval --data-dir ../shared/data/fer-gimefive/test \\
+        --csv ../shared/data/fer-gimefive/splits/rafdb_test.csv -o eval/rafdb
     """
     from gimefive.train.data import load_split
     from gimefive.train.evaluate import (

@@ -314,7 +314,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    total=self.steps_per_epoch, initial=self.step_in_epoch,
                    disable=not self.progress, mininterval=1.0 if tty else 30.0,
-                   dynamic_ncols=True)
+                   miniters=1, dynamic_ncols=True)
         run = self.running
         for x, y in bar:
             started = time.perf_counter()
