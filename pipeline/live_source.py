@@ -60,7 +60,7 @@ class LiveOptions:
     open_timeout_s: float = 5.0       # connect + handshake + first packets
     stall_timeout_s: float = 5.0      # no frame for this long: the stream is stalled
     backoff_initial_s: float = 0.25   # first wait after a failure
-    backoff_max_s: float = 2.0        # cap of the exponential backoff
+    backoff_max_s: float = 1.0        # cap of the exponential backoff
     max_reconnects: int | None = None  # failed attempts in a row before giving up; None: never
     queue_size: int = 2               # frames buffered between decode and consumer
     loop_files: bool = True           # a file source restarts at its end (test feeds)
@@ -162,13 +162,13 @@ class LiveReader:
                     container.close()
                     raise StreamLost("no video stream")
                 if outage is not None:
-                    outage.attempts = attempt
+                    outage.attempts += 1
                 return container
             except (av.error.FFmpegError, StreamLost, OSError) as exc:
                 reason = _reason(exc)
                 if outage is None:  # the very first connection failed
                     outage = self._begin_outage(f"cannot connect: {reason}")
-                outage.attempts = attempt
+                outage.attempts += 1
                 limit = self.options.max_reconnects
                 if limit is not None and attempt > limit:
                     raise LiveSourceError(
@@ -180,8 +180,9 @@ class LiveReader:
                 self.stop.wait(delay)
         raise StreamLost("stopped")
 
-    def _begin_outage(self, reason: str) -> Outage:
-        outage = Outage(self.stream_id, reason, time.time())
+    def _begin_outage(self, reason: str, started: float | None = None,
+                      attempts: int = 0) -> Outage:
+        outage = Outage(self.stream_id, reason, started or time.time(), attempts=attempts)
         self.counters.outages.append(outage)
         self.counters.connected = False
         log.warning("stream %s: lost (%s); reconnecting", self.stream_id, reason)
@@ -201,26 +202,30 @@ class LiveReader:
                 container = self._connect(outage)
             except StreamLost:
                 return
-            if outage is not None:
-                self._end_outage(outage)
-            outage = None
             self.counters.connected = True
             try:
-                yield from self._frames(container)
+                # the outage ends with the first decoded frame, not with the handshake
+                yield from self._frames(container, outage)
                 reason = "end of stream (server closed it)"
             except StreamLost as exc:
                 reason = str(exc)
             finally:
                 container.close()
+            if outage is not None and outage.duration_s is None:
+                self.counters.outages.remove(outage)  # connected, but never a frame:
+                reason = f"{outage.reason}; then {reason}"  # the same outage goes on
             if self.stop.is_set():
                 return
             if not self._live and not self.options.loop_files:
                 return
             if not self._live:  # a looping file: start again at once, no outage
+                outage = None
                 continue
-            outage = self._begin_outage(reason)
+            attempts = outage.attempts if outage is not None and outage.duration_s is None else 0
+            started = outage.started if outage is not None and outage.duration_s is None else None
+            outage = self._begin_outage(reason, started, attempts)
 
-    def _frames(self, container) -> Iterator[LiveFrame]:
+    def _frames(self, container, outage: Outage | None) -> Iterator[LiveFrame]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
@@ -245,6 +250,8 @@ class LiveReader:
                     if pace is not None:
                         pace.wait_until(frame.time)
                     last_frame = time.monotonic()
+                    if outage is not None and outage.duration_s is None:
+                        self._end_outage(outage)
                     yield self._make(frame)
         except av.error.ExitError:
             gap = time.monotonic() - last_frame

@@ -1,0 +1,186 @@
+"""`gimefive monitor` end to end against a real RTSP server, and its bad-input lines.
+
+The live test publishes skimage's astronaut (a real face) as an endless 10 fps RTSP
+stream, runs the whole staged pipeline on it (random-init weights saved to tmp), stops
+the server for a few seconds, starts it again, kills the detect stage with SIGKILL, and
+checks: the monitor reconnects within 5 s of the stream's return, a crashed stage is
+restarted, JSON frame numbers continue, the segments hold exactly the frames the JSON
+lists, and decoded = written + dropped + lost (they add up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import cv2
+import pytest
+from rtsp_server import RtspServer, free_port, server_unavailable_reason
+
+from gimefive.cli import main
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["monitor", *map(str, args)])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_unreachable_camera_is_one_line(capsys, tmp_path):
+    url = f"rtsp://127.0.0.1:{free_port()}/cam"
+    code, err = run_cli(capsys, url, "--json", tmp_path / "f.jsonl")
+    assert code != 0
+    assert err == f"gimefive: error: cannot connect to the RTSP server (connection refused): " \
+                  f"{url}\n"
+    assert not (tmp_path / "f.jsonl").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "text"])
+def test_bad_file_sources_are_one_line(capsys, tmp_path, case):
+    path = tmp_path / "in.mp4"
+    expected = {"missing": f"input not found: {path}",
+                "directory": f"input is a directory, not a video file: {path}",
+                "empty": f"input is empty (0 bytes): {path}",
+                "text": "not a video file FFmpeg can read (Invalid data found when "
+                        f"processing input): {path}"}[case]
+    if case == "directory":
+        path.mkdir()
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "text":
+        path.write_text("hello\n")
+    code, err = run_cli(capsys, path, "--json", tmp_path / "f.jsonl")
+    assert code != 0 and err == f"gimefive: error: {expected}\n"
+
+
+def test_output_folder_missing_is_one_line(capsys, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height = 32, 32
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(
+            __import__("numpy").zeros((32, 32, 3), "uint8"), format="bgr24")))
+        out.mux(stream.encode())
+    code, err = run_cli(capsys, clip, "-o", tmp_path / "nope" / "out.mp4")
+    assert code != 0
+    assert err == f"gimefive: error: output folder does not exist: {tmp_path / 'nope'}\n"
+
+
+def test_nothing_to_write_is_a_usage_error(capsys):
+    code, err = run_cli(capsys, "rtsp://127.0.0.1:1/cam")
+    assert code == 2 and "give -o FILE.mp4|rtsp://... and/or --json FILE" in err
+
+
+# ------------------------------------------------------------------------- live, end to end
+def stage_pids(parent: int) -> dict[str, int]:
+    """Stage processes started by ``parent`` (matched by parent pid, never by name alone)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            args = (entry / "cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != parent or len(args) < 4:
+            continue
+        if args[2].startswith("gimefive.pipeline."):
+            name = args[3] if args[3] != "source" else "source"
+            found[name] = int(entry.name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import torch
+
+    from gimefive.checkpoint import save_weights
+    from gimefive.model import GiMeFive
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "random.safetensors"
+    save_weights(path, GiMeFive())
+    return path
+
+
+@pytest.mark.slow
+def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bgr):
+    reason = server_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    image = tmp_path / "astronaut.png"
+    cv2.imwrite(str(image), astronaut_bgr)
+    out, jsonl, logs = tmp_path / "cam.mp4", tmp_path / "cam.jsonl", tmp_path / "logs"
+    server = RtspServer(path="cam", image=str(image), width=320, height=320, fps=10).start()
+    monitor = subprocess.Popen(
+        [sys.executable, "-c", "from gimefive.cli import main; main()", "monitor", server.url,
+         "-o", str(out), "--json", str(jsonl), "--weights", str(weights), "--backend",
+         "torch", "--stall-timeout", "2", "--status-every", "1", "--segment", "4",
+         "--log-dir", str(logs)], stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(monitor.stderr), daemon=True)
+    reader.start()
+    waiter = threading.Event()
+
+    def written() -> int:
+        return sum(1 for _ in jsonl.open()) if jsonl.exists() else 0
+
+    try:
+        deadline = time.monotonic() + 90
+        while written() < 20 and time.monotonic() < deadline and monitor.poll() is None:
+            waiter.wait(0.5)
+        assert written() >= 20, "".join(stderr[-20:])
+        server.stop()                        # outage 1: the server goes away for 3 s
+        waiter.wait(3.0)
+        server.start()
+        back = time.time()
+        before = written()
+        while written() <= before + 10 and time.monotonic() < deadline:
+            waiter.wait(0.5)
+        pids = stage_pids(monitor.pid)
+        os.kill(pids["detect"], signal.SIGKILL)  # a crashed stage
+        before = written()
+        while written() <= before + 20 and time.monotonic() < deadline:
+            waiter.wait(0.5)
+        assert written() > before + 20, "".join(stderr[-20:])
+    finally:
+        monitor.send_signal(signal.SIGINT)   # Ctrl-C finalises what is written
+        rc = monitor.wait(60)
+        server.stop()
+        reader.join(5)
+    assert rc == 0, "".join(stderr[-20:])
+
+    records = [json.loads(line) for line in jsonl.open()]
+    indices = [r["frame"] for r in records]
+    assert indices == sorted(set(indices))   # numbering continues across the outage
+    assert sum(len(r["faces"]) for r in records) >= len(records) * 0.9  # the astronaut
+
+    status = [json.loads(line) for line in (tmp_path / "cam.status.jsonl").open()]
+    final = status[-1]
+    assert final["kind"] == "final"
+    outage = final["outages"][0]
+    reconnect_s = outage["started"] + outage["duration_s"] - back
+    print(f"monitor: first frame {reconnect_s:.2f} s after the server came back")
+    assert reconnect_s < 5.0
+    assert final["stages"]["detect"]["restarts"] == 1
+    stream = final["streams"]["cam0"]
+    assert stream["written"] == len(records) and stream["reconnects"] == 1
+    # they add up: every decoded frame was sent, dropped, or still queued at the stop
+    assert stream["decoded"] == stream["sent"] + stream["dropped"] + stream["queue"]
+    assert stream["sent"] == stream["written"] + stream["lost_in_pipeline"]
+
+    segments = [out.with_name(line.split("'")[1])
+                for line in (tmp_path / "cam.ffconcat").read_text().splitlines()[1:]]
+    with av.open(str(tmp_path / "cam.ffconcat"), format="concat", options={"safe": "0"}) as c:
+        assert sum(1 for _ in c.decode(video=0)) == len(records)
+    assert len(segments) >= 2
+    text = "".join(stderr)
+    assert "stream cam0: back after" in text and "restarting it (1 of 5" in text
