@@ -6,10 +6,10 @@ Skips (with the reason) where the real dataset or the shipped file is absent.
 from __future__ import annotations
 
 import pytest
-
-from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model
 from gimefive.train.data import load_split
 from gimefive.train.evaluate import compute_metrics, predict_probs
+
+from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model
 
 RAFDB_TARGET = 0.870
 
