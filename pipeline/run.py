@@ -1,0 +1,256 @@
+"""Library entry points: run one stage (``gimefive stage``) or a whole annotate job.
+
+``annotate_video`` starts the five stages as processes wired over ``ipc://`` sockets in a
+private directory, shows progress, and returns a summary: frames, faces, overall fps and
+per stage the CPU seconds, busy fps and where the time went. Parallel efficiency is
+``fps x (sum over stages of CPU seconds per frame) / cores``: 1.0 means every core was
+busy with pipeline work for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
+from gimefive.pipeline.stage import StageRunner, Stopped
+from gimefive.pipeline.stages import STAGES, stage_class
+from gimefive.pipeline.supervisor import StageProcess, Supervisor
+from gimefive.pipeline.wire import CurveKeys, control_message, ipc_endpoint, private_ipc_dir
+
+from gimefive.config import save_config, to_dict
+from gimefive.errors import GimefiveError, StageError
+
+ANNOTATE_STAGES = ("source", "detect", "classify", "track", "annotate")
+
+
+def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfig,
+              control: str | None = None, curve: CurveKeys | None = None,
+              insecure: bool = False, **job: Any) -> dict[str, Any]:
+    """Run stage ``name`` in this process until its input ends; return its stats.
+
+    For ``source`` ``in_`` is the video to read; for ``annotate`` ``out`` is the video to
+    write (``job`` may add ``json``, ``cam_npz``, ``audio_from``). Other stages take
+    endpoints; a stage binds ``in_`` and connects ``out``.
+    """
+    gate = job.pop("gate", None)
+    cls = stage_class(name)
+    if name == "source":
+        job["input"], in_ = in_, None
+    if name == "annotate":
+        job["output"], out = out, None
+    try:
+        stage = cls(config, **job)
+        runner = StageRunner(stage, in_, out, control, curve=curve, insecure=insecure,
+                             gate_endpoint=gate)
+        return runner.run()
+    except Stopped as exc:
+        message = f"stopped by {exc}"
+    except GimefiveError as exc:
+        message = str(exc)
+    except Exception as exc:  # reported as one line; the traceback stays in the stage log
+        if control:  # under a supervisor stderr is the stage's log file
+            import traceback
+
+            traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}"
+    _report_error(name, control, message)
+    raise StageError(f"stage {name}: {message}")
+
+
+def _report_error(name: str, control: str | None, message: str) -> None:
+    if not control:
+        return
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(control)
+        sock.send(control_message(name, "error", message=message))
+        sock.close()
+    finally:
+        ctx.term()
+
+
+# ------------------------------------------------------------------------ annotate job
+
+@dataclass
+class AnnotateResult:
+    """What ``annotate_video`` measured; ``to_dict()`` is what ``--summary`` writes."""
+
+    frames: int
+    faces: int
+    wall_s: float          # whole run including process start-up
+    processing_s: float    # first frame decoded to last frame written
+    fps: float             # frames / processing_s
+    cores: int
+    parallel_efficiency: float
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _check_paths(input_path: Path, outputs: list[Path | None]) -> None:
+    if "://" not in str(input_path):
+        if not input_path.exists():
+            raise GimefiveError(f"input not found: {input_path}")
+        if input_path.is_dir():
+            raise GimefiveError(f"input is a directory, not a video: {input_path}")
+    for out in outputs:
+        if out is None:
+            continue
+        if out.resolve() == input_path.resolve():
+            raise GimefiveError(f"output {out} would overwrite the input")
+        if out.is_dir():
+            raise GimefiveError(f"output {out} is a directory; give a file name")
+        parent = out.parent
+        if not parent.is_dir():
+            raise GimefiveError(f"output folder does not exist: {parent}")
+        if not os.access(parent, os.W_OK):
+            raise GimefiveError(f"output folder is not writable: {parent}")
+
+
+def stage_args(name: str, endpoints: dict[str, str], config: AnnotateConfig,
+               job: dict[str, Any]) -> list[str]:
+    """Command-line arguments that start stage ``name`` of an annotate job."""
+    order = list(ANNOTATE_STAGES)
+    i = order.index(name)
+    in_ = job["input"] if name == "source" else endpoints[name]
+    out = job["output"] if name == "annotate" else endpoints[order[i + 1]]
+    args = ["--in", str(in_), "--out", str(out), "--config-json", json.dumps(to_dict(config))]
+    if name == "source" and job.get("gate"):
+        args += ["--gate", job["gate"]]
+    if name == "annotate":
+        for key in ("json", "cam_npz", "audio_from"):
+            if job.get(key):
+                args += [f"--{key.replace('_', '-')}", str(job[key])]
+    return args
+
+
+def _threads(name: str, config: AnnotateConfig) -> int:
+    return {"detect": config.detect_threads, "classify": config.classify_threads,
+            "source": config.decode_threads, "annotate": config.encoder_threads}.get(name, 1)
+
+
+class _Progress:
+    """tqdm bar fed by the annotate stage's progress reports."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.done = enabled, None, 0
+
+    def event(self, stage: StageProcess, event: str, data: dict) -> None:
+        if not self.enabled:
+            return
+        if stage.name == "source" and event == "ready":
+            from tqdm import tqdm
+
+            total = data.get("frames_estimate") or None
+            self.bar = tqdm(total=total, unit="frame", desc="annotate", file=sys.stderr,
+                            dynamic_ncols=True, smoothing=0.1)
+        if stage.name == "annotate" and event in ("progress", "stats") and self.bar is not None:
+            frames = int(data.get("frames", data.get("frames_in", 0)))
+            if frames > self.done:
+                self.bar.update(frames - self.done)
+                self.done = frames
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def annotate_video(input_path: str | Path, output: str | Path | None,
+                   json_path: str | Path | None = None, cam_npz: str | Path | None = None,
+                   config: AnnotateConfig | None = None, progress: bool = True,
+                   save_resolved_config: bool = True) -> AnnotateResult:
+    """Annotate a video file; every input frame appears once in ``output``, same timing."""
+    config = config or load_annotate_config()
+    input_path = Path(input_path)
+    output = Path(output) if output else None
+    json_path = Path(json_path) if json_path else None
+    cam_npz = Path(cam_npz) if cam_npz else None
+    if output is None and json_path is None:
+        raise GimefiveError("nothing to write: give an output video and/or a JSON lines file")
+    _check_paths(input_path, [output, json_path, cam_npz])
+    config.streams = 1
+    job = {"input": str(input_path), "output": str(output) if output else "",
+           "json": json_path, "cam_npz": cam_npz,
+           "audio_from": str(input_path) if config.audio else None}
+    bar = _Progress(progress)
+    start = time.perf_counter()
+    with private_ipc_dir() as directory:
+        endpoints = {name: ipc_endpoint(directory, name) for name in STAGES}
+        job["gate"] = ipc_endpoint(directory, "gate")
+        processes = [StageProcess(name, stage_args(name, endpoints, config, job),
+                                  threads=_threads(name, config)) for name in ANNOTATE_STAGES]
+        supervisor = Supervisor(processes, ipc_endpoint(directory, "control"), directory,
+                                on_event=bar.event, gate_endpoint=job["gate"])
+        try:
+            supervisor.start_all()
+            stages = supervisor.run()
+        finally:
+            bar.close()
+    result = summarize(stages, time.perf_counter() - start)
+    if save_resolved_config and output is not None:
+        save_config(config, output.with_name(output.name + ".config.yaml"))
+    return result
+
+
+def summarize(stages: dict[str, StageProcess], wall_s: float) -> AnnotateResult:
+    stats = {name: s.stats for name, s in stages.items()}
+    missing = [name for name, st in stats.items() if not st]
+    if missing:
+        raise StageError(f"stage {missing[0]} ended without reporting its statistics")
+    last = stats["annotate"]
+    frames = int(last["frames_in"])
+    # from the first frame decoded to the last one written
+    firsts = [st["first_at"] for st in stats.values() if st.get("first_at")]
+    processing = max(max(st["last_at"] for st in stats.values()) - min(firsts), 1e-9) \
+        if firsts else max(last["wall_s"], 1e-9)
+    fps = frames / processing
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_stage = {}
+    cpu_per_frame = 0.0
+    for name, st in stats.items():
+        n = max(1, st["frames_in"] or st["frames_out"])
+        cpu_per_frame += st["cpu_s"] / n
+        per_stage[name] = {
+            "frames": n, "cpu_s": round(st["cpu_s"], 3),
+            "cpu_ms_per_frame": round(1000 * st["cpu_s"] / n, 2),
+            "busy_fps": round(n / st["busy_s"], 1) if st["busy_s"] > 0 else None,
+            "cpu_fps": round(n / st["cpu_s"], 1) if st["cpu_s"] > 0 else None,
+            "blocked_s": round(st["blocked_s"], 2), "malformed": st["malformed"],
+            "max_rss_mb": round(st["max_rss_mb"], 1),
+            "timers_s": {k: round(v, 3) for k, v in st["timers"].items()},
+            "counters": st["counters"],
+        }
+    info = {name: s.ready for name, s in stages.items() if s.ready}
+    return AnnotateResult(
+        frames=frames, faces=int(last["counters"].get("faces", 0)), wall_s=round(wall_s, 2),
+        processing_s=round(processing, 2), fps=round(fps, 2), cores=int(cores or 1),
+        parallel_efficiency=round(fps * cpu_per_frame / (cores or 1), 3),
+        stages=per_stage, info=info)
+
+
+def format_summary(result: AnnotateResult) -> str:
+    lines = [f"{result.frames} frames, {result.faces} faces in {result.processing_s:.1f} s "
+             f"({result.fps:.1f} fps; {result.wall_s:.1f} s with start-up); parallel "
+             f"efficiency {result.parallel_efficiency:.0%} on {result.cores} cores",
+             f"{'stage':<9} {'cpu ms/frame':>12} {'cpu fps':>8} {'busy fps':>9} "
+             f"{'blocked s':>9}  where the time went (s)"]
+    for name, st in result.stages.items():
+        timers = ", ".join(f"{k} {v:.1f}" for k, v in st["timers_s"].items()) or "-"
+        lines.append(f"{name:<9} {st['cpu_ms_per_frame']:>12.1f} {st['cpu_fps'] or 0:>8.1f} "
+                     f"{st['busy_fps'] or 0:>9.1f} {st['blocked_s']:>9.1f}  {timers}")
+    malformed = sum(st["malformed"] for st in result.stages.values())
+    if malformed:
+        lines.append(f"dropped {malformed} malformed message(s)")
+    return "\n".join(lines)

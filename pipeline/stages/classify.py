@@ -1,0 +1,158 @@
+"""Classify stage: face crops through a GiMeFive backend in dynamic batches across frames.
+
+Faces of consecutive frames are gathered until ``classify_max_batch`` faces are waiting
+or the oldest has waited ``classify_max_wait_ms``; then one engine call (two when only
+some frames want Grad-CAM, see ``cam_every``) classifies them all. Crops are squares
+around the detected box (``crop_scale`` times its longer side), rotated so the eyes are
+level when ``align`` is on, and go through :func:`gimefive.preprocess.preprocess_faces`,
+the same preprocessing the model was trained with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from gimefive.pipeline.stage import Stage
+from gimefive.pipeline.tracking import DEFAULT_UNCERTAIN_THRESHOLD
+from gimefive.pipeline.wire import ClassifiedMsg, DetectionsMsg, Message
+
+from gimefive.preprocess import preprocess_faces
+
+MAX_CROP_SIDE = 128  # crops larger than this are warped to 128 px, then area-resized
+
+
+def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float, align: bool
+                  ) -> np.ndarray:
+    """Per face ``[cx, cy, side, angle_degrees]`` of the square to classify."""
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = (boxes[:, 2:] - boxes[:, :2]).max(axis=1) * scale
+    if align and len(boxes):
+        d = landmarks[:, 1] - landmarks[:, 0]  # right eye -> left eye (image left -> right)
+        angles = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+        angles = np.where(np.abs(angles) <= 60, angles, 0.0)  # implausible: do not rotate
+    else:
+        angles = np.zeros(len(boxes))
+    return np.column_stack([centers, sides, angles]).astype(np.float32)
+
+
+def crop_matrix(crop: np.ndarray, out_side: int) -> np.ndarray:
+    """Affine map from frame pixels to the ``out_side`` x ``out_side`` crop."""
+    cx, cy, side, angle = (float(v) for v in crop)
+    m = cv2.getRotationMatrix2D((cx, cy), angle, out_side / max(side, 1.0))
+    m[:, 2] += (out_side / 2 - cx, out_side / 2 - cy)
+    return m
+
+
+def cut_faces(image: np.ndarray, crops: np.ndarray) -> list[np.ndarray]:
+    faces = []
+    for crop in crops:
+        out_side = int(min(MAX_CROP_SIDE, max(16, math.ceil(float(crop[2])))))
+        faces.append(cv2.warpAffine(image, crop_matrix(crop, out_side), (out_side, out_side),
+                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    return faces
+
+
+def uncertain_threshold_of(weights: str | None) -> float:
+    """The weights' ``uncertain_threshold`` metadata (0.4 when absent or unreadable)."""
+    from gimefive.checkpoint import DEFAULT_WEIGHTS, read_metadata
+
+    path = Path(weights) if weights else DEFAULT_WEIGHTS
+    if path.suffix == ".safetensors" and path.is_file():
+        value = read_metadata(path).get("uncertain_threshold")
+        if isinstance(value, int | float):
+            return float(value)
+    return DEFAULT_UNCERTAIN_THRESHOLD
+
+
+class ClassifyStage(Stage):
+    name = "classify"
+    accepts = (DetectionsMsg,)
+
+    def setup(self) -> None:
+        from gimefive.backends import create_backend
+
+        c = self.config
+        options = {"weights": c.weights, "cam_layer": c.cam_layer}
+        try:
+            self.backend = create_backend(c.backend, threads=c.classify_threads, **options)
+        except TypeError:  # a backend without a thread setting
+            self.backend = create_backend(c.backend, **options)
+        self.backend_name = getattr(self.backend, "name", c.backend)
+        self.backend(np.zeros((2, 3, 64, 64), np.float32), cam=c.cam)  # warm-up
+        self.threshold = (c.uncertain_threshold if c.uncertain_threshold is not None
+                          else uncertain_threshold_of(c.weights))
+        self.pending: list[DetectionsMsg] = []
+        self.pending_faces = 0
+        self.first_pending = 0.0
+
+    def info(self) -> dict:
+        return {"backend": self.backend_name, "uncertain_threshold": self.threshold}
+
+    def wants_cam(self, msg: DetectionsMsg) -> bool:
+        return self.config.cam and msg.index % self.config.cam_every == 0
+
+    def process(self, msg: DetectionsMsg) -> list[Message]:
+        if not self.pending:
+            self.first_pending = time.monotonic()
+        self.pending.append(msg)
+        self.pending_faces += len(msg.boxes)
+        if self.pending_faces >= self.config.classify_max_batch:
+            return self.flush()
+        return []
+
+    def wait_ms(self) -> float | None:
+        if not self.pending:
+            return None
+        waited = (time.monotonic() - self.first_pending) * 1000
+        return max(0.0, self.config.classify_max_wait_ms - waited)
+
+    def flush(self) -> list[Message]:
+        pending, self.pending, self.pending_faces = self.pending, [], 0
+        crops = [crop_geometry(m.boxes, m.landmarks, self.config.crop_scale, self.config.align)
+                 for m in pending]
+        with self.timed("crop"):
+            batches = {True: [], False: []}
+            for m, c in zip(pending, crops, strict=True):
+                batches[self.wants_cam(m)].extend(cut_faces(m.image, c))
+        results = {want: self._infer(faces, want) for want, faces in batches.items()}
+        offsets = {True: 0, False: 0}
+        out = []
+        for m, c in zip(pending, crops, strict=True):
+            want, k = self.wants_cam(m), len(m.boxes)
+            probs, cams = results[want]
+            start = offsets[want]
+            offsets[want] += k
+            cam = cams[start:start + k] if cams is not None else None
+            out.append(ClassifiedMsg(
+                **m.detection_fields(), cam_layer=self.config.cam_layer,
+                uncertain_threshold=float(self.threshold),
+                probs=np.ascontiguousarray(probs[start:start + k], np.float32),
+                cam=None if cam is None else np.ascontiguousarray(cam, np.float32), crops=c))
+        return out
+
+    def _infer(self, faces: list[np.ndarray], cam: bool):
+        if not faces:
+            return np.zeros((0, 6), np.float32), (np.zeros((0, 1, 1), np.float32) if cam else None)
+        with self.timed("preprocess"):
+            batch = preprocess_faces(faces, color="bgr")
+        probs_all, cams_all = [], []
+        size = self.config.classify_max_batch
+        with self.timed("engine_cam" if cam else "engine"):
+            for start in range(0, len(batch), size):
+                probs, cams = self.backend(batch[start:start + size], cam=cam)
+                probs_all.append(probs)
+                if cam:
+                    cams_all.append(cams)
+        self.count("faces", len(faces))
+        self.count("engine_calls", len(probs_all))
+        if cam:
+            self.count("cam_faces", len(faces))
+        return np.concatenate(probs_all), (np.concatenate(cams_all) if cam else None)
+
+    def close(self) -> None:
+        if hasattr(self, "backend"):
+            self.backend.close()
