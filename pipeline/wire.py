@@ -29,7 +29,7 @@ Hops (one type per hop)::
 
 and :class:`EndOfStream` travels the same way at the end of each stream (``reason``:
 ``eof``, ``stopped`` or ``error``). Array buffers are sent with ``copy=False``; received
-arrays are read-only views on the ZeroMQ frames (copy before drawing on an image).
+arrays are views on the ZeroMQ frames, not copies (copy before drawing on an image).
 
 Sockets
 -------
