@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
+from gimefive.pipeline.probe import check_output, probe_input
 from gimefive.pipeline.stage import StageRunner, Stopped
 from gimefive.pipeline.stages import STAGES, stage_class
 from gimefive.pipeline.supervisor import StageProcess, Supervisor
@@ -180,6 +181,10 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     if output is None and json_path is None:
         raise GimefiveError("nothing to write: give an output video and/or a JSON lines file")
     _check_paths(input_path, [output, json_path, cam_npz])
+    probe_input(input_path)  # a bad input is one clear line before any stage starts
+    for path in (output, json_path, cam_npz):
+        if path is not None:
+            check_output(path)  # really creates a file there: right for root too
     config.streams = 1
     job = {"input": str(input_path), "output": str(output) if output else "",
            "json": json_path, "cam_npz": cam_npz,

@@ -1,0 +1,116 @@
+"""The bad-input table through the real CLI: `gimefive annotate` and `gimefive monitor`
+print exactly one line (``gimefive: error: ...``), exit non-zero, and write nothing.
+
+Run with ``-s`` to see the table of lines each case prints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from rtsp_server import RtspServer, free_port, server_unavailable_reason
+from test_probe import write_audio_only, write_video
+
+from gimefive.cli import main
+
+
+@pytest.fixture(scope="module")
+def server():
+    reason = server_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with RtspServer(path="cam", width=160, height=120) as srv:
+        yield srv
+
+
+def make_case(case: str, tmp: Path, server_url: str | None) -> tuple[str, list[str]]:
+    """(input, extra args) for one row of the table."""
+    out = ["-o", str(tmp / "out" / "annotated.mp4")]
+    (tmp / "out").mkdir(exist_ok=True)
+    path = tmp / "in.mp4"
+    if case == "missing file":
+        return str(path), out
+    if case == "a directory":
+        path.mkdir()
+        return str(path), out
+    if case == "text file named .mp4":
+        path.write_text("not a video\n" * 10)
+        return str(path), out
+    if case == "truncated MP4":
+        data = write_video(tmp / "full.mp4", frames=30).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return str(path), out
+    if case == "no video stream":
+        return str(write_audio_only(path)), out
+    if case == "zero-length file":
+        path.write_bytes(b"")
+        return str(path), out
+    if case == "unsupported codec":
+        data = write_video(tmp / "v.mkv").read_bytes()
+        (tmp / "in.mkv").write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_GIMEFIVE/XYZW"))
+        return str(tmp / "in.mkv"), out
+    if case == "unreachable RTSP host":
+        return f"rtsp://127.0.0.1:{free_port()}/cam", out
+    if case == "wrong RTSP path":
+        return server_url.replace("/cam", "/nope"), out
+    video = str(write_video(tmp / "good.mp4"))
+    if case == "output folder does not exist":
+        return video, ["-o", str(tmp / "missing" / "annotated.mp4")]
+    if case == "output folder not writable":
+        if os.geteuid() == 0:
+            return video, ["-o", "/sys/annotated.mp4"]  # read-only even for root
+        locked = tmp / "locked"
+        locked.mkdir(mode=0o500)
+        return video, ["-o", str(locked / "annotated.mp4")]
+    raise AssertionError(case)
+
+
+#: what each case's line must say (the rest of the line names the input or folder)
+EXPECTED = {
+    "missing file": "input not found: ",
+    "a directory": "input is a directory, not a video",
+    "text file named .mp4": "not a video file FFmpeg can read (Invalid data found",
+    "truncated MP4": "truncated or incomplete MP4/MOV (box 'mdat' needs",
+    "no video stream": "no video stream in the input (streams found: audio aac)",
+    "zero-length file": "input is empty (0 bytes)",
+    "unsupported codec": "unsupported video codec (FFmpeg has no decoder",
+    "unreachable RTSP host": "cannot connect to the RTSP server (connection refused): rtsp://",
+    "wrong RTSP path": "the RTSP server has no stream at this path (404 Not Found): rtsp://",
+    "output folder does not exist": "output folder does not exist: ",
+    "output folder not writable": "output folder is not writable (",
+}
+CASES = ["missing file", "a directory", "text file named .mp4", "truncated MP4",
+         "no video stream", "zero-length file", "unsupported codec", "unreachable RTSP host",
+         "wrong RTSP path", "output folder does not exist", "output folder not writable"]
+
+
+@pytest.mark.parametrize("command", ["annotate", "monitor"])
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_line(case, command, tmp_path, capsys, request):
+    if command == "annotate" and "RTSP" in case:
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="annotate's INPUT is a click.Path, which turns rtsp:// into "
+                                "rtsp:/ before the probe sees it (pipeline/cli.py)"))
+    url = request.getfixturevalue("server").url if case == "wrong RTSP path" else None
+    if command == "annotate" and not _has_annotate():
+        pytest.skip("gimefive annotate is not available")
+    source, extra = make_case(case, tmp_path, url)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, source, *extra])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    with capsys.disabled():
+        print(f"\n| {command} | {case} | `{lines[0] if lines else ''}` |", end="")
+    assert exit_info.value.code != 0
+    assert len(lines) == 1 and lines[0].startswith("gimefive: error: "), err
+    assert EXPECTED[case] in lines[0]
+    written = [p for p in (tmp_path / "out").rglob("*")] if (tmp_path / "out").exists() else []
+    assert written == []  # nothing was started, nothing written
+
+
+def _has_annotate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gimefive.pipeline.cli") is not None
