@@ -17,7 +17,13 @@ from gimefive.train.data import (
     read_labels_csv,
     stratified_split,
 )
-from gimefive.train.loop import EpochSampler, Trainer, load_train_config, lr_factor
+from gimefive.train.loop import (
+    EpochSampler,
+    Trainer,
+    TrainingInterrupted,
+    load_train_config,
+    lr_factor,
+)
 
 from gimefive.checkpoint import read_metadata
 from gimefive.cli import main
@@ -158,7 +164,12 @@ def test_train_resume_equals_uninterrupted_and_eval(tmp_path, capsys):
     images, csv_path = make_dataset(tmp_path)
     cfg = tiny_config(epochs=2, schedule="onecycle", warmup_epochs=0.5, lr=0.01)
     straight = Trainer(cfg, images, csv_path, tmp_path / "a", progress=False).run()
-    Trainer(cfg, images, csv_path, tmp_path / "b", progress=False).run(stop_after=1)
+    interrupted = Trainer(cfg, images, csv_path, tmp_path / "b", progress=False)
+    interrupted._stop_signal = "SIGINT"  # as if Ctrl-C arrived during the first step
+    with pytest.raises(TrainingInterrupted, match="resume"):
+        interrupted.run()
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step_in_epoch"] == 1
+    Trainer(cfg, images, csv_path, tmp_path / "b", progress=False).run(resume=True, stop_after=1)
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())[0]["epoch"] == 1
     resumed = Trainer(cfg, images, csv_path, tmp_path / "b", progress=False).run(resume=True)
     assert [r["epoch"] for r in resumed.history] == [1, 2]

@@ -16,7 +16,9 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -195,6 +197,12 @@ class TrainResult:
     history: list[dict]
 
 
+class TrainingInterrupted(GimefiveError):
+    """Ctrl-C or SIGTERM: the state was saved between two steps; ``--resume`` continues."""
+
+    exit_code = 130
+
+
 class Trainer:
     """One run: data, model and optimizer, the epoch loop, checkpoints and metrics."""
 
@@ -238,6 +246,10 @@ class Trainer:
         self.epoch, self.step_in_epoch = 0, 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self.best_acc, self.best_epoch, self.history = -1.0, 0, []
+        self._stop_signal: str | None = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signal.Signals(signum).name
 
     def _carve(self, split: FaceSplit) -> tuple[FaceSplit, FaceSplit]:
         cfg = self.config
@@ -307,7 +319,11 @@ class Trainer:
                                self.step_in_epoch * cfg.batch_size, self.epoch_images)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=cfg.batch_size,
                                              sampler=sampler, num_workers=cfg.num_workers,
-                                             collate_fn=collate_faces)
+                                             collate_fn=collate_faces,
+                                             # own generator: creating the iterator must
+                                             # not draw from the global (dropout) RNG,
+                                             # or a resumed run would diverge
+                                             generator=torch.Generator().manual_seed(cfg.seed))
         self.model.train()
         last_save = time.monotonic()
         tty = sys.stderr.isatty()
@@ -339,6 +355,12 @@ class Trainer:
             bar.set_postfix(loss=f"{run['loss'] / run['seen']:.3f}",
                             acc=f"{run['correct'] / run['seen'] * 100:.1f}%",
                             lr=f"{self.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            if self._stop_signal is not None:
+                bar.close()
+                self.save_state()
+                raise TrainingInterrupted(
+                    f"interrupted ({self._stop_signal}) at epoch {self.epoch + 1}, step "
+                    f"{self.step_in_epoch}; state saved in {self.out_dir}, rerun with --resume")
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
                 self.save_state()
                 last_save = time.monotonic()
@@ -384,6 +406,18 @@ class Trainer:
             raise GimefiveError(f"{self.out_dir} already holds a training run; pass --resume to "
                                 f"continue it or choose another --out")
         save_config(cfg, self.out_dir / CONFIG_FILE)
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, self._on_signal)
+                        for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._epochs(stop_after)
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _epochs(self, stop_after: int | None) -> TrainResult:
+        cfg = self.config
         stopped_early = False
         last = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
         while self.epoch < last:
