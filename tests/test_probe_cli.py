@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rtsp_server import RtspServer, free_port, server_unavailable_reason
 from test_probe import write_audio_only, write_video
@@ -114,3 +115,53 @@ def _has_annotate() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("gimefive.pipeline.cli") is not None
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    import torch
+
+    from gimefive.checkpoint import save_weights
+    from gimefive.model import GiMeFive
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    save_weights(path, GiMeFive())
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["odd-10bit-444-faces", "16x16-noface"])
+def test_awkward_inputs_give_valid_output(case, tmp_path, random_weights, astronaut_bgr):
+    """Odd size + 10-bit 4:4:4 with real faces, and a 16x16 clip with none, through the
+    whole `gimefive annotate` pipeline: every frame out, same size, faces where present."""
+    import json
+
+    import av
+    import cv2
+
+    if not _has_annotate():
+        pytest.skip("gimefive annotate is not available")
+    width, height, pix_fmt, faces = {"odd-10bit-444-faces": (321, 239, "yuv444p10le", True),
+                                     "16x16-noface": (16, 16, "yuv420p", False)}[case]
+    image = cv2.resize(astronaut_bgr, (width, height)) if faces else \
+        np.full((height, width, 3), 90, np.uint8)
+    clip = tmp_path / "in.mp4"
+    with av.open(str(clip), "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for _ in range(5):
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        c.mux(stream.encode())
+    out, jsonl = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
+    try:
+        main(["annotate", str(clip), "-o", str(out), "--json", str(jsonl), "--weights",
+              str(random_weights), "--backend", "torch", "-q"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    with av.open(str(out)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 5 and (frames[0].width, frames[0].height) == (width, height)
+    records = [json.loads(line) for line in jsonl.open()]
+    assert len(records) == 5
+    assert all(len(r["faces"]) == (1 if faces else 0) for r in records)
