@@ -88,7 +88,8 @@ def test_predict_probs_batches_agree():
     np.testing.assert_allclose(a.sum(1), 1.0, atol=1e-5)
 
 
-def test_eval_cli_reads_paper_pth_and_reports_missing_weights(tmp_path, capsys):
+def test_eval_cli_reads_paper_pth_and_reports_missing_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GIMEFIVE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     pth = tmp_path / "paper.pth"
     torch.save(GiMeFive().state_dict(), pth)

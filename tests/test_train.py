@@ -160,7 +160,8 @@ def test_onecycle_schedule_shape():
 # ----------------------------------------------------------------------------- loop
 
 
-def test_train_resume_equals_uninterrupted_and_eval(tmp_path, capsys):
+def test_train_resume_equals_uninterrupted_and_eval(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GIMEFIVE_CACHE", str(tmp_path / "cache"))
     images, csv_path = make_dataset(tmp_path)
     cfg = tiny_config(epochs=2, schedule="onecycle", warmup_epochs=0.5, lr=0.01)
     straight = Trainer(cfg, images, csv_path, tmp_path / "a", progress=False).run()
