@@ -1,0 +1,587 @@
+"""The whole system side by side, on the same inputs, in one run (``gimefive bench``).
+
+    nice gimefive bench [VIDEO] [-o DIR]          # or: python benchmarks/system_bench.py
+
+For each input (the user's video, or generated 640x360 and 1280x720 scenes of real faces
+at several sizes, with ground truth) it measures:
+
+- decode only: PyAV to BGR arrays, with the source stage's decoder settings;
+- detect only: :class:`gimefive.detector.FaceDetector` on the decoded frames held in
+  memory, the pipeline's detector settings, batches as the detect stage makes them;
+- the full ``annotate`` pipeline (all stages as processes, CAM on every frame by
+  default): fps, per-stage CPU seconds, fps and peak RSS, decode-to-written latency
+  percentiles, all from the pipeline's own summary; faces from its JSON lines;
+- the paper-script baseline (``paper_baseline.py`` in its OpenCV 4 venv): fps, faces;
+
+once per run: classify only (every backend configuration of ``backends_bench.py``, batch
+sizes, CAM off and on), and scaling (1, 2, 4, ... looping 640x360 files through
+``monitor`` at their real frame rate until real time breaks).
+
+Timing rules: every measurement is repeated (``--repeat``) and reported as median and
+best; warm-up is excluded (a first pass that is not timed for decode and detect, an
+untimed warm-up clip through the pipeline, the baseline's own warm-up frames; the
+pipeline's fps is over first-frame-decoded to last-frame-written, so process start-up
+and model loading are outside it). Faces found are scored against the scene's ground
+truth (IoU >= 0.5) when the input was generated here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+BASELINE_VENV = BENCH_DIR / ".venv-baseline"
+RESOLUTIONS = {"640x360": (640, 360), "1280x720": (1280, 720)}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_script(name: str):
+    """Import a sibling script of benchmarks/ as a module (they are not a package)."""
+    path = BENCH_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gimefive_benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def summary_stats(values: list[float], higher_is_better: bool = True) -> dict[str, Any]:
+    best = max(values) if higher_is_better else min(values)
+    return {"runs": [round(v, 3) for v in values], "median": round(statistics.median(values), 3),
+            "best": round(best, 3)}
+
+
+# ----------------------------------------------------------------------------- machine
+
+def machine_info() -> dict[str, Any]:
+    import av
+    import cv2
+    import numpy
+    import onnxruntime
+    import torch
+    import zmq
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = None
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or None
+    return {"cpu": cpu, "cores": cores, "memory_gib": round(mem_gib, 1) if mem_gib else None,
+            "os": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__, "av": av.__version__,
+            "opencv": cv2.__version__, "numpy": numpy.__version__, "pyzmq": zmq.__version__,
+            "gimefive_commit": commit, "load_average_at_start": list(os.getloadavg())}
+
+
+# ------------------------------------------------------------------------------ inputs
+
+def prepare_inputs(video: str | None, resolutions: list[str], n_frames: int, fps: int,
+                   work: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """The user's video, or one generated scene per resolution (with ground truth)."""
+    if video is not None:
+        from gimefive.pipeline.probe import probe_input
+
+        info = probe_input(Path(video))
+        return [{"name": Path(video).name, "path": str(video), "width": info.width,
+                 "height": info.height, "truth": None, "faces_source": "user video"}]
+    from gimefive.synthetic import default_faces, make_scene_video
+
+    faces, source = default_faces(24, seed=seed)
+    inputs = []
+    for name in resolutions:
+        width, height = RESOLUTIONS[name]
+        path = work / f"scene_{name}.mp4"
+        truth = make_scene_video(path, faces, width, height, n_frames, fps, seed)
+        (work / f"scene_{name}.truth.json").write_text(json.dumps(truth))
+        inputs.append({"name": name, "path": str(path), "width": width, "height": height,
+                       "truth": truth, "faces_source": source,
+                       "face_sizes": truth["sizes"], "faces_per_frame": truth["faces_per_frame"]})
+        log(f"generated {path.name}: {n_frames} frames, {truth['faces_per_frame']} faces per "
+            f"frame of {truth['sizes']} px ({source})")
+    return inputs
+
+
+def score(truth: dict | None, boxes: list) -> dict[str, Any]:
+    """Faces found, and recall/precision against the ground truth where there is one."""
+    found = sum(len(b) for b in boxes)
+    out: dict[str, Any] = {"faces_found": found,
+                           "faces_per_frame": round(found / max(1, len(boxes)), 3)}
+    if truth is not None:
+        from gimefive.synthetic import score_detections
+
+        if len(boxes) == len(truth["frames"]):
+            s = score_detections(truth, boxes)
+            out.update(faces_truth=s["truth"], faces_matched=s["matched"],
+                       recall=round(s["recall"], 4), precision=round(s["precision"], 4))
+        else:
+            out["scoring_error"] = f"{len(boxes)} frames of boxes vs {len(truth['frames'])}"
+    return out
+
+
+# ----------------------------------------------------------------- decode, detect only
+
+def decode_frames(path: str, threads: int) -> list:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = max(1, threads)
+        return [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
+
+
+def bench_decode(path: str, repeat: int, threads: int) -> dict[str, Any]:
+    decode_frames(path, threads)  # warm-up: file cache, codec initialisation
+    fps = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        frames = decode_frames(path, threads)
+        fps.append(len(frames) / (time.perf_counter() - t0))
+    return {"fps": summary_stats(fps), "frames": len(frames), "decoder_threads": threads}
+
+
+def bench_detect(frames: list, config, repeat: int, truth: dict | None) -> dict[str, Any]:
+    from gimefive.detector import FaceDetector
+
+    detector = FaceDetector(max_side=config.detect_max_side, score_threshold=config.detect_score,
+                            nms_threshold=config.detect_nms, min_size=config.min_face,
+                            max_batch=config.detect_batch)
+    batch = config.detect_batch
+
+    def run() -> list:
+        out = []
+        for i in range(0, len(frames), batch):
+            out += [d.boxes for d in detector.detect(frames[i:i + batch])]
+        return out
+
+    run()  # warm-up
+    fps, boxes = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        boxes = run()
+        fps.append(len(frames) / (time.perf_counter() - t0))
+    return {"fps": summary_stats(fps), "max_side": config.detect_max_side, "batch": batch,
+            **score(truth, [b.tolist() for b in boxes])}
+
+
+# --------------------------------------------------------------------------- pipeline
+
+def _pipeline_config(args):
+    from gimefive.pipeline.config import load_annotate_config
+
+    return load_annotate_config(args.config, backend=args.backend,
+                                weights=str(args.weights) if args.weights else None,
+                                cam=False if args.no_cam else None,
+                                cam_every=args.cam_every, detect_every=args.detect_every)
+
+
+def read_jsonl_boxes(path: Path, n_frames: int) -> list[list]:
+    boxes: list[list] = [[] for _ in range(n_frames)]
+    with path.open() as f:
+        for line in f:
+            rec = json.loads(line)
+            if 0 <= rec["frame"] < n_frames:
+                boxes[rec["frame"]] = [face["box"] for face in rec["faces"]]
+    return boxes
+
+
+def bench_pipeline(item: dict, config, repeat: int, work: Path) -> dict[str, Any]:
+    from gimefive.pipeline.run import annotate_video
+
+    runs = []
+    boxes: list = []
+    for r in range(repeat):
+        out = work / f"annotated_{item['name']}_{r}.mp4"
+        jsonl = work / f"faces_{item['name']}.jsonl"
+        result = annotate_video(item["path"], out, json_path=jsonl, config=config,
+                                progress=False, save_resolved_config=False).to_dict()
+        runs.append(result)
+        log(f"  pipeline run {r + 1}/{repeat}: {result['fps']:.2f} fps, "
+            f"efficiency {result['parallel_efficiency']:.0%}")
+        boxes = read_jsonl_boxes(jsonl, result["frames"])
+        out.unlink(missing_ok=True)
+    fps = [r["fps"] for r in runs]
+    median_run = sorted(runs, key=lambda r: r["fps"])[len(runs) // 2]
+    stages = {}
+    for name, st in median_run["stages"].items():
+        stages[name] = {k: st.get(k) for k in ("cpu_s", "cpu_ms_per_frame", "cpu_fps",
+                                               "busy_fps", "blocked_s", "max_rss_mb")}
+    counters = median_run["stages"].get("annotate", {}).get("counters", {})
+    latency = {f"p{q}": counters.get(f"latency_ms_p{q}") for q in (50, 95, 99)}
+    cpu_per_frame = sum(st["cpu_ms_per_frame"] for st in stages.values()) / 1000
+    return {"fps": summary_stats(fps), "frames": median_run["frames"],
+            "wall_s_median_run": median_run["wall_s"],
+            "parallel_efficiency": {"runs": [r["parallel_efficiency"] for r in runs],
+                                    "median_run": median_run["parallel_efficiency"]},
+            "parallel_efficiency_recomputed": round(
+                median_run["fps"] * cpu_per_frame / median_run["cores"], 3),
+            "cpu_s_per_frame": round(cpu_per_frame, 4), "cores": median_run["cores"],
+            "latency_ms": latency, "stages": stages,
+            "backend": median_run.get("info", {}).get("classify", {}).get("backend"),
+            "cam": config.cam, "cam_every": config.cam_every,
+            "detect_every": config.detect_every,
+            "summary_median_run": median_run, **score(item["truth"], boxes)}
+
+
+def warm_pipeline(config, work: Path) -> None:
+    """One short annotate run so that first-use caches (ONNX export) are built."""
+    from gimefive.pipeline.run import annotate_video
+
+    from gimefive.synthetic import astronaut_face, make_scene_video
+
+    clip = work / "warmup.mp4"
+    make_scene_video(clip, [(astronaut_face(), None)], 320, 180, 10, 25)
+    annotate_video(clip, work / "warmup_out.mp4", config=config, progress=False,
+                   save_resolved_config=False)
+
+
+# --------------------------------------------------------------------------- baseline
+
+def baseline_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def ensure_baseline_venv(venv: Path, create: bool) -> str | None:
+    """None when the baseline can run, else why not."""
+    if baseline_python(venv).is_file():
+        return None
+    if not create:
+        return (f"baseline venv not found at {venv}; create it with "
+                f"`bash benchmarks/setup_baseline_venv.sh {venv}`")
+    log(f"creating the baseline venv (OpenCV 4 + torch) at {venv} (once, a few minutes)")
+    proc = subprocess.run(["bash", str(BENCH_DIR / "setup_baseline_venv.sh"), str(venv)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        return f"could not create the baseline venv: {tail[0]}"
+    return None
+
+
+def bench_baseline(item: dict, weights: Path, repeat: int, venv: Path, work: Path,
+                   max_frames: int | None) -> dict[str, Any]:
+    report = work / f"baseline_{item['name']}.json"
+    cmd = [str(baseline_python(venv)), str(BENCH_DIR / "paper_baseline.py"), item["path"],
+           "--weights", str(weights), "--repeat", str(repeat), "--json", str(report)]
+    if max_frames:
+        cmd += ["--max-frames", str(max_frames)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+        return {"skipped": f"baseline failed (exit {proc.returncode}): {lines[-1]}"}
+    data = json.loads(report.read_text())
+    boxes = data.pop("boxes")
+    truth = item["truth"]
+    if truth is not None and len(boxes) < len(truth["frames"]):
+        truth = {**truth, "frames": truth["frames"][:len(boxes)]}
+    return {"fps": {"runs": [round(v, 3) for v in data["fps_runs"]],
+                    "median": round(data["fps_median"], 3), "best": round(data["fps_max"], 3)},
+            "frames": data["frames"], "cpu_s_per_frame": data["cpu_s_per_frame"],
+            "peak_rss_mb": round(data["peak_rss_mb"], 1), "versions": data["versions"],
+            "omitted": data["omitted"], **score(truth, boxes)}
+
+
+# --------------------------------------------------------------------------- classify
+
+def bench_classify(weights: Path, configs: list[str], batches: list[int], rounds: int
+                   ) -> dict[str, Any]:
+    """Faces/s per backend configuration, reusing backends_bench.py's measurement loop."""
+    from gimefive.backends import create_backend
+
+    backends_bench = load_script("backends_bench")
+    unknown = [c for c in configs if c not in backends_bench.CONFIGS]
+    if unknown:
+        from gimefive.errors import GimefiveError
+
+        raise GimefiveError(f"unknown classify config(s) {unknown}; expected some of "
+                            f"{list(backends_bench.CONFIGS)}")
+    from gimefive.export.faces import verification_faces
+
+    faces = verification_faces(128, seed=1)
+    engines = {}
+    for name in configs:
+        backend, options = backends_bench.CONFIGS[name]
+        try:
+            engines[name] = create_backend(backend, weights=weights, **options)
+        except Exception as exc:  # one unavailable configuration must not end the run
+            log(f"  classify: {name} unavailable ({exc})")
+    try:
+        rows = backends_bench.speed(engines, faces.x, batches, rounds, per_measure=128)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {"rows": rows, "faces_source": faces.source, "rounds": rounds}
+
+
+# --------------------------------------------------------------------------- scaling
+
+def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s: float,
+                  work: Path, target_fps: float) -> dict[str, Any]:
+    """1, 2, 4, ... looping copies of ``clip`` through ``monitor`` until real time breaks.
+
+    A count is sustained when every stream's written fps, measured after ``warmup_s``,
+    is at least 95% of ``target_fps`` and at most 2% of its decoded frames were dropped.
+    """
+    from gimefive.pipeline.live_monitor import load_monitor_config, run_monitor
+
+    steps = []
+    n = 1
+    while n <= max_streams:
+        status = work / f"scaling_{n}.status.jsonl"
+        status.unlink(missing_ok=True)
+        cfg = load_monitor_config(json=str(work / f"scaling_{n}.jsonl"),
+                                  status_json=str(status), status_every_s=1.0,
+                                  duration_s=warmup_s + seconds)
+        run_monitor([clip] * n, cfg, stage_config=config, quiet=True,
+                    log_dir=work / f"scaling_{n}_logs")
+        step = scaling_step(status, n, warmup_s, target_fps)
+        steps.append(step)
+        log(f"  scaling {n} stream(s): per-stream out fps {step['fps_out']} "
+            f"dropped {step['dropped_fraction']} -> "
+            f"{'real time' if step['sustained'] else 'BROKEN'}")
+        if not step["sustained"]:
+            break
+        n *= 2
+    sustained = [s["streams"] for s in steps if s["sustained"]]
+    return {"target_fps": target_fps, "seconds_measured": seconds, "warmup_s": warmup_s,
+            "steps": steps, "streams_sustained": max(sustained) if sustained else 0}
+
+
+def scaling_step(status_path: Path, n: int, warmup_s: float, target_fps: float
+                 ) -> dict[str, Any]:
+    records = [json.loads(line) for line in status_path.read_text().splitlines() if line]
+    timed = [r for r in records if r.get("kind") == "status" and r["uptime_s"] >= warmup_s]
+    if len(timed) < 2:
+        return {"streams": n, "sustained": False, "fps_out": None, "dropped_fraction": None,
+                "error": f"only {len(timed)} status records after the warm-up"}
+    first, last = timed[0], timed[-1]
+    dt = last["uptime_s"] - first["uptime_s"]
+    fps_out, dropped = [], []
+    for sid, end in last["streams"].items():
+        start = first["streams"].get(sid, {"written": 0, "decoded": 0, "dropped": 0})
+        fps_out.append((end["written"] - start["written"]) / dt)
+        decoded = max(1, end["decoded"] - start["decoded"])
+        dropped.append((end["dropped"] - start["dropped"]) / decoded)
+    sustained = min(fps_out) >= 0.95 * target_fps and max(dropped) <= 0.02
+    return {"streams": n, "sustained": sustained,
+            "fps_out": [round(v, 2) for v in fps_out],
+            "dropped_fraction": [round(v, 4) for v in dropped], "measured_s": round(dt, 1)}
+
+
+# ----------------------------------------------------------------------------- ratios
+
+def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    def med(key):
+        part = res.get(key) or {}
+        return (part.get("fps") or {}).get("median")
+
+    pipe, base, dec = med("pipeline"), med("baseline"), med("decode")
+    out: dict[str, Any] = {}
+    if pipe and base:
+        out["pipeline_over_baseline_fps"] = round(pipe / base, 2)
+    if pipe and dec:
+        out["pipeline_over_decode_fps"] = round(pipe / dec, 3)
+    p, b = res.get("pipeline") or {}, res.get("baseline") or {}
+    if "faces_matched" in p and "faces_matched" in b and b.get("frames"):
+        # the baseline may have run on fewer frames: compare per frame
+        pf = p["faces_matched"] / max(1, p["frames"])
+        bf = b["faces_matched"] / max(1, b["frames"])
+        out["pipeline_over_baseline_faces_matched"] = round(pf / bf, 2) if bf else None
+    if p.get("faces_found") is not None and b.get("faces_found") is not None:
+        pf = p["faces_found"] / max(1, p["frames"])
+        bf = b["faces_found"] / max(1, b["frames"])
+        out["pipeline_over_baseline_faces_found"] = round(pf / bf, 2) if bf else None
+    if p:
+        out["parallel_efficiency"] = p["parallel_efficiency"]["median_run"]
+    return out
+
+
+# --------------------------------------------------------------------------- run all
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", nargs="?", default=None,
+                   help="video to measure on (default: generated scenes of real faces)")
+    p.add_argument("-o", "--out", default="benchmarks/results/system")
+    p.add_argument("--resolutions", default="640x360,1280x720")
+    p.add_argument("--frames", type=int, default=100, help="frames per generated scene")
+    p.add_argument("--fps", type=int, default=25, help="frame rate of generated scenes")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--config", default=None, help="annotate YAML config")
+    p.add_argument("--no-cam", action="store_true")
+    p.add_argument("--cam-every", type=int, default=None)
+    p.add_argument("--detect-every", type=int, default=None)
+    p.add_argument("--skip", default="", help="comma list of: decode,detect,classify,"
+                   "pipeline,baseline,scaling")
+    p.add_argument("--baseline-venv", default=str(BASELINE_VENV))
+    p.add_argument("--no-create-baseline-venv", action="store_true")
+    p.add_argument("--baseline-frames", type=int, default=None,
+                   help="frames the (slow) baseline processes per pass (default: all)")
+    p.add_argument("--baseline-repeat", type=int, default=None)
+    p.add_argument("--classify-configs", default="torch fp32 (autograd CAM),"
+                   "torch bf16 (in-graph CAM),onnxruntime fp32")
+    p.add_argument("--classify-batches", default="1,8,32")
+    p.add_argument("--scaling-max", type=int, default=8)
+    p.add_argument("--scaling-seconds", type=float, default=15.0)
+    p.add_argument("--scaling-warmup", type=float, default=8.0)
+
+
+SKIPPABLE = ("decode", "detect", "classify", "pipeline", "baseline", "scaling")
+
+
+def resolve_weights(arg: str | None) -> tuple[Path, str]:
+    from gimefive.checkpoint import DEFAULT_WEIGHTS, save_weights
+    from gimefive.model import GiMeFive
+
+    if arg:
+        if not Path(arg).is_file():
+            from gimefive.errors import GimefiveError
+
+            raise GimefiveError(f"weights file not found: {arg}")
+        return Path(arg), "given"
+    if DEFAULT_WEIGHTS.is_file():
+        return DEFAULT_WEIGHTS, "shipped"
+    import torch
+
+    torch.manual_seed(0)
+    path = Path(tempfile.mkdtemp(prefix="gimefive-bench-")) / "random.safetensors"
+    save_weights(path, GiMeFive())
+    return path, "random init (no shipped weights in this install)"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gimefive.errors import GimefiveError
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - set(SKIPPABLE):
+        raise GimefiveError(f"--skip: unknown part(s) {sorted(skip - set(SKIPPABLE))}; "
+                            f"expected some of {list(SKIPPABLE)}")
+    resolutions = [r.strip() for r in args.resolutions.split(",") if r.strip()]
+    bad = [r for r in resolutions if r not in RESOLUTIONS]
+    if bad:
+        raise GimefiveError(f"--resolutions: unknown {bad}; expected some of {list(RESOLUTIONS)}")
+    if args.video is not None and not Path(args.video).is_file():
+        raise GimefiveError(f"video not found: {args.video}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    weights, weights_kind = resolve_weights(args.weights)
+    args.weights = str(weights)
+    config = _pipeline_config(args)
+    result: dict[str, Any] = {"machine": machine_info(), "weights": str(weights),
+                              "weights_kind": weights_kind, "repeat": args.repeat,
+                              "skipped": sorted(skip), "inputs": []}
+    log(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
+        f"weights: {weights_kind}")
+    with tempfile.TemporaryDirectory(prefix="gimefive-bench-") as tmp:
+        work = Path(tmp)
+        inputs = prepare_inputs(args.video, resolutions, args.frames, args.fps, work)
+        if "pipeline" not in skip:
+            log("warming up the pipeline (untimed)")
+            warm_pipeline(config, work)
+        venv = Path(args.baseline_venv)
+        baseline_problem = None if "baseline" in skip else ensure_baseline_venv(
+            venv, create=not args.no_create_baseline_venv)
+        for item in inputs:
+            result["inputs"].append(bench_input(item, args, config, skip, work, venv,
+                                                baseline_problem, weights))
+        if "classify" not in skip:
+            log("classify only (backends side by side)")
+            result["classify"] = bench_classify(
+                weights, [c.strip() for c in args.classify_configs.split(",") if c.strip()],
+                [int(b) for b in args.classify_batches.split(",")], args.repeat)
+        if "scaling" not in skip:
+            clip = next((i for i in inputs if i["name"] == "640x360"), inputs[0])
+            log(f"scaling: looping {clip['name']} streams at {args.fps} fps through monitor")
+            result["scaling"] = bench_scaling(clip["path"], config, args.scaling_max,
+                                              args.scaling_seconds, args.scaling_warmup, work,
+                                              target_fps=args.fps)
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    result["wall_s"] = round(time.time() - started, 1)
+    write_reports(result, out)
+    return result
+
+
+def bench_input(item, args, config, skip, work, venv, baseline_problem, weights):
+    res: dict[str, Any] = {k: v for k, v in item.items() if k != "truth"}
+    log(f"input {item['name']}")
+    if "decode" not in skip:
+        res["decode"] = bench_decode(item["path"], args.repeat, config.decode_threads)
+        log(f"  decode only: {res['decode']['fps']['median']:.1f} fps")
+    if "detect" not in skip:
+        frames = decode_frames(item["path"], config.decode_threads)
+        res["detect"] = bench_detect(frames, config, args.repeat, item["truth"])
+        del frames
+        log(f"  detect only: {res['detect']['fps']['median']:.1f} fps")
+    if "pipeline" not in skip:
+        res["pipeline"] = bench_pipeline(item, config, args.repeat, work)
+    if "baseline" not in skip:
+        if baseline_problem:
+            res["baseline"] = {"skipped": baseline_problem}
+        else:
+            log("  paper-script baseline (slow: one forward + backward per face)")
+            res["baseline"] = bench_baseline(item, weights, args.baseline_repeat or args.repeat,
+                                             venv, work, args.baseline_frames)
+        if "fps" in res["baseline"]:
+            log(f"  baseline: {res['baseline']['fps']['median']:.2f} fps")
+        else:
+            log(f"  baseline skipped: {res['baseline']['skipped']}")
+    res["ratios"] = ratios(res)
+    return res
+
+
+def write_reports(result: dict[str, Any], out: Path) -> None:
+    report = load_script("bench_report")
+    (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "bench.md").write_text(report.markdown(result))
+    result["charts"] = report.charts(result, out)
+    (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def main(argv=None) -> int:
+    from gimefive.errors import GimefiveError
+
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except GimefiveError as exc:
+        print(f"system_bench: error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "bench.md").read_text())
+    log(f"wrote {args.out}/bench.json, bench.md and charts in {result['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``gimefive bench``: a thin click command over ``benchmarks/system_bench.py``.
+
+The measurements live in the repository's ``benchmarks/`` folder (scripts anyone can
+run alone); this command finds that folder beside the installed package (an editable
+install or a source checkout) and runs them in one go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import click
+
+from gimefive.errors import GimefiveError
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+PARTS = ("decode", "detect", "classify", "pipeline", "baseline", "scaling")
+
+
+def load_system_bench():
+    path = BENCH_DIR / "system_bench.py"
+    if not path.is_file():
+        raise GimefiveError(f"benchmarks not found at {BENCH_DIR}: `gimefive bench` needs a "
+                            "source checkout installed with `pip install -e .`")
+    spec = importlib.util.spec_from_file_location("gimefive_benchmarks_system_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resolutions(ctx, param, value):
+    allowed = ("640x360", "1280x720")
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise click.BadParameter(f"expected a comma list of {', '.join(allowed)}; got {value!r}")
+    return ",".join(items)
+
+
+def _skip(ctx, param, value):
+    items = [v.strip() for v in value.split(",") if v.strip()] if value else []
+    bad = [v for v in items if v not in PARTS]
+    if bad:
+        raise click.BadParameter(f"unknown part(s) {bad}; expected some of {', '.join(PARTS)}")
+    return ",".join(items)
+
+
+def _at_least(minimum):
+    def check(ctx, param, value):
+        if value is not None and value < minimum:
+            raise click.BadParameter(f"must be >= {minimum}, got {value}")
+        return value
+    return check
+
+
+@click.command("bench", context_settings={"show_default": True})
+@click.argument("video", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              default=Path("benchmarks/results/system"),
+              help="Folder for bench.json, bench.md and the PNG charts.")
+@click.option("--resolutions", default="640x360,1280x720", callback=_resolutions,
+              help="Generated scenes to measure on (ignored when VIDEO is given).")
+@click.option("--frames", type=int, default=100, callback=_at_least(10),
+              help="Frames per generated scene.")
+@click.option("--fps", type=int, default=25, callback=_at_least(1),
+              help="Frame rate of generated scenes (and the real-time target of scaling).")
+@click.option("--repeat", type=int, default=3, callback=_at_least(1),
+              help="Timed runs per measurement (median and best are reported).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="GiMeFive weights [default: shipped; a random-init model if none].")
+@click.option("--backend", default=None, help="Pipeline classifier engine [config: auto].")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Annotate YAML config for the pipeline runs.")
+@click.option("--no-cam", is_flag=True, help="Pipeline without Grad-CAM (default: CAM on).")
+@click.option("--cam-every", type=int, default=None, callback=_at_least(1),
+              help="Pipeline Grad-CAM on every Nth frame [config: 1].")
+@click.option("--detect-every", type=int, default=None, callback=_at_least(1),
+              help="Pipeline detection on every Nth frame [config: 1].")
+@click.option("--skip", default="", callback=_skip,
+              help=f"Parts to leave out, comma separated: {', '.join(PARTS)}.")
+@click.option("--baseline-venv", type=click.Path(path_type=Path), default=None,
+              help="Virtual environment with OpenCV 4 for the paper-script baseline "
+                   "[default: benchmarks/.venv-baseline, created on first use].")
+@click.option("--no-create-baseline-venv", is_flag=True,
+              help="Skip the baseline (with the reason) instead of creating its venv.")
+@click.option("--baseline-frames", type=int, default=None, callback=_at_least(1),
+              help="Frames per baseline pass [default: all].")
+@click.option("--baseline-repeat", type=int, default=None, callback=_at_least(1),
+              help="Timed baseline passes [default: --repeat].")
+@click.option("--classify-configs", default="torch fp32 (autograd CAM),"
+              "torch bf16 (in-graph CAM),onnxruntime fp32",
+              help="Classifier configurations (names from benchmarks/backends_bench.py).")
+@click.option("--classify-batches", default="1,8,32", help="Classifier batch sizes.")
+@click.option("--scaling-max", type=int, default=8, callback=_at_least(1),
+              help="Most concurrent live streams to try (1, 2, 4, ...).")
+@click.option("--scaling-seconds", type=float, default=15.0,
+              help="Seconds measured per stream count, after the warm-up.")
+@click.option("--scaling-warmup", type=float, default=8.0,
+              help="Seconds of each stream-count run left out of the measurement.")
+def bench_command(video, out, resolutions, frames, fps, repeat, weights, backend, config_path,
+                  no_cam, cam_every, detect_every, skip, baseline_venv,
+                  no_create_baseline_venv, baseline_frames, baseline_repeat,
+                  classify_configs, classify_batches, scaling_max, scaling_seconds,
+                  scaling_warmup):
+    """Measure the whole system side by side on the same input.
+
+    Decode only, detect only, classify only (each backend, batch sizes, CAM off
+    and on), the full annotate pipeline (per-stage fps, CPU, peak RSS, latency
+    percentiles), the paper's own script (Haar cascade + per-face autograd
+    Grad-CAM) as a baseline, and how many live 640x360 streams run in real time.
+    Without VIDEO it generates 640x360 and 1280x720 scenes of real faces (with
+    ground truth, so faces found are scored). Writes JSON, a Markdown table and
+    PNG charts to OUT. Run it on an otherwise idle machine: it takes minutes.
+
+    Example: nice gimefive bench -o bench_results
+    """
+    system_bench = load_system_bench()
+    if video is not None and not video.is_file():
+        raise click.BadParameter(f"video not found: {video}", param_hint="VIDEO")
+    args = argparse.Namespace(
+        video=str(video) if video else None, out=str(out), resolutions=resolutions,
+        frames=frames, fps=fps, repeat=repeat, weights=str(weights) if weights else None,
+        backend=backend, config=str(config_path) if config_path else None, no_cam=no_cam,
+        cam_every=cam_every, detect_every=detect_every, skip=skip,
+        baseline_venv=str(baseline_venv or system_bench.BASELINE_VENV),
+        no_create_baseline_venv=no_create_baseline_venv, baseline_frames=baseline_frames,
+        baseline_repeat=baseline_repeat, classify_configs=classify_configs,
+        classify_batches=classify_batches, scaling_max=scaling_max,
+        scaling_seconds=scaling_seconds, scaling_warmup=scaling_warmup)
+    try:
+        batches = [int(b) for b in classify_batches.split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise click.BadParameter(f"expected positive integers, got {classify_batches!r}",
+                                 param_hint="--classify-batches")
+    result = system_bench.run(args)
+    click.echo((out / "bench.md").read_text())
+    click.echo(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and "
+               f"{', '.join(result.get('charts', []))} in {result['wall_s']} s", err=True)

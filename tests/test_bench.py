@@ -1,0 +1,130 @@
+"""`gimefive bench` and benchmarks/system_bench.py: wiring, reports, bad options.
+
+These run the real measurements on a tiny generated clip with the heavy parts skipped;
+they check what is written, never how fast anything is (speed lives in the reports).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from gimefive.pipeline.bench_cli import load_system_bench
+
+from gimefive.cli import cli, main
+
+
+@pytest.fixture(scope="module")
+def system_bench():
+    return load_system_bench()
+
+
+def run_bench(tmp_path, *extra):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["bench", "-o", str(out), "--resolutions", "640x360",
+                                      "--frames", "10", "--repeat", "1", *extra])
+    return result, out
+
+
+def test_help_names_every_part():
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0
+    for word in ("decode", "detect", "classify", "pipeline", "baseline", "scaling"):
+        assert word in result.output
+
+
+def test_decode_and_detect_only_report(tmp_path):
+    result, out = run_bench(tmp_path, "--skip", "classify,pipeline,baseline,scaling")
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "bench.json").read_text())
+    (item,) = data["inputs"]
+    assert item["width"] == 640 and item["height"] == 360
+    assert item["decode"]["frames"] == 10 and item["decode"]["fps"]["median"] > 0
+    assert len(item["decode"]["fps"]["runs"]) == 1
+    detect = item["detect"]
+    assert detect["fps"]["median"] > 0
+    assert detect["faces_truth"] == 10 * item["faces_per_frame"]
+    assert 0 <= detect["recall"] <= 1 and detect["faces_found"] >= detect["faces_matched"]
+    assert data["machine"]["cores"] >= 1 and data["machine"]["torch"]
+    md = (out / "bench.md").read_text()
+    assert "| decode only (PyAV) |" in md and "| detect only (RetinaFace) |" in md
+    assert "annotate pipeline" not in md
+    assert (out / "fps_and_faces.png").stat().st_size > 1000
+    assert "pipeline" not in item and "baseline" not in item
+
+
+@pytest.mark.slow
+def test_pipeline_and_classify_in_one_run(tmp_path):
+    result, out = run_bench(tmp_path, "--skip", "decode,detect,baseline,scaling",
+                            "--classify-configs", "onnxruntime fp32",
+                            "--classify-batches", "1,4")
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "bench.json").read_text())
+    pipe = data["inputs"][0]["pipeline"]
+    assert pipe["frames"] == 10 and pipe["fps"]["median"] > 0
+    assert set(pipe["stages"]) == {"source", "detect", "classify", "track", "annotate"}
+    assert all(st["max_rss_mb"] > 0 for st in pipe["stages"].values())
+    assert pipe["recall"] > 0.5  # faces came through the whole pipeline to the JSON lines
+    assert set(pipe["latency_ms"]) == {"p50", "p95", "p99"}
+    assert pipe["parallel_efficiency_recomputed"] == pytest.approx(
+        pipe["parallel_efficiency"]["median_run"], abs=0.02)
+    rows = data["classify"]["rows"]
+    assert [(r["config"], r["batch"]) for r in rows] == [("onnxruntime fp32", 1),
+                                                          ("onnxruntime fp32", 4)]
+    md = (out / "bench.md").read_text()
+    assert "| annotate pipeline |" in md and "Classify only" in md and "| classify |" in md
+    assert (out / "classify.png").is_file() and (out / "pipeline_stages.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--skip", "nonsense"], "unknown part"),
+    (["--resolutions", "1920x1080"], "expected a comma list"),
+    (["--repeat", "0"], "must be >= 1"),
+    (["--classify-batches", "a,b"], "positive integers"),
+    (["no_such_video.mp4"], "video not found"),
+])
+def test_bad_options_are_one_clear_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "-o", str(tmp_path / "o"), *args])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_weights_file_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pt"),
+              "--skip", "decode,detect,classify,pipeline,baseline,scaling"])
+    assert exc.value.code != 0
+    assert "weights" in capsys.readouterr().err
+
+
+def test_scaling_step_reads_status_records(system_bench, tmp_path):
+    def record(t, written, decoded, dropped):
+        return {"kind": "status", "uptime_s": t, "streams": {
+            "cam0": {"written": written, "decoded": decoded, "dropped": dropped},
+            "cam1": {"written": written // 2, "decoded": decoded, "dropped": dropped * 20}}}
+    lines = [record(2, 10, 10, 0), record(5, 60, 80, 0), record(15, 310, 330, 1)]
+    status = tmp_path / "s.jsonl"
+    status.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    step = system_bench.scaling_step(status, 2, warmup_s=4, target_fps=25)
+    assert step["fps_out"] == [25.0, 12.5]  # (310-60)/10 and (155-30)/10
+    assert step["dropped_fraction"] == [0.004, 0.08]
+    assert step["sustained"] is False
+    one = system_bench.scaling_step(status, 1, warmup_s=20, target_fps=25)
+    assert one["sustained"] is False and "status records" in one["error"]
+
+
+def test_ratios(system_bench):
+    res = {"decode": {"fps": {"median": 400.0}},
+           "pipeline": {"fps": {"median": 20.0}, "frames": 100, "faces_found": 480,
+                        "faces_matched": 470, "parallel_efficiency": {"median_run": 0.85}},
+           "baseline": {"fps": {"median": 5.0}, "frames": 50, "faces_found": 60,
+                        "faces_matched": 55}}
+    r = system_bench.ratios(res)
+    assert r["pipeline_over_baseline_fps"] == 4.0
+    assert r["pipeline_over_decode_fps"] == 0.05
+    assert r["pipeline_over_baseline_faces_found"] == 4.0   # 4.8 vs 1.2 per frame
+    assert r["pipeline_over_baseline_faces_matched"] == pytest.approx(4.27, abs=0.01)
+    assert r["parallel_efficiency"] == 0.85
