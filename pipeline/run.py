@@ -101,23 +101,16 @@ class AnnotateResult:
 
 
 def _check_paths(input_path: Path, outputs: list[Path | None]) -> None:
-    if "://" not in str(input_path):
-        if not input_path.exists():
-            raise GimefiveError(f"input not found: {input_path}")
-        if input_path.is_dir():
-            raise GimefiveError(f"input is a directory, not a video: {input_path}")
-    for out in outputs:
+    """One clear line for an unusable input or output, before any stage starts."""
+    from gimefive.pipeline.probe import check_output, probe_input
+
+    probe_input(input_path)
+    for out, what in zip(outputs, ("output", "JSON lines output", "CAM output"), strict=True):
         if out is None:
             continue
-        if out.resolve() == input_path.resolve():
-            raise GimefiveError(f"output {out} would overwrite the input")
-        if out.is_dir():
-            raise GimefiveError(f"output {out} is a directory; give a file name")
-        parent = out.parent
-        if not parent.is_dir():
-            raise GimefiveError(f"output folder does not exist: {parent}")
-        if not os.access(parent, os.W_OK):
-            raise GimefiveError(f"output folder is not writable: {parent}")
+        if "://" not in str(input_path) and out.resolve() == input_path.resolve():
+            raise GimefiveError(f"{what} {out} would overwrite the input")
+        check_output(out, what)
 
 
 def stage_args(name: str, endpoints: dict[str, str], config: AnnotateConfig,

@@ -1,0 +1,105 @@
+"""End to end on a synthetic scene of real faces (RAF-DB test crops) at known positions.
+
+Skipped where ../shared/data is absent. Six faces per frame, 60..114 px, moving; 120
+distinct faces over 40 frames (240 face instances). Checks detection recall, that the
+output keeps every frame and timestamp, and (with the shipped weights) that accuracy
+through the pipeline stays within 3 points of the model's accuracy on the crops.
+"""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+from gimefive.pipeline.config import load_annotate_config
+from gimefive.pipeline.run import annotate_video
+from gimefive.pipeline.tracking import match_boxes
+
+from gimefive.checkpoint import DEFAULT_WEIGHTS, save_weights
+from gimefive.model import GiMeFive
+
+N_FACES, FACES_PER_FRAME, N_FRAMES = 120, 6, 40
+
+
+@pytest.fixture(scope="module")
+def scene(fer_data, tmp_path_factory):
+    from gimefive.synthetic import load_dataset_faces, make_scene_video
+
+    faces = load_dataset_faces(N_FACES, "rafdb_test", root=fer_data, seed=1)
+    path = tmp_path_factory.mktemp("scene") / "scene.mp4"
+    truth = make_scene_video(path, faces, 640, 360, n_frames=N_FRAMES, fps=25, seed=0,
+                             faces_per_frame=FACES_PER_FRAME)
+    return path, truth, faces
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """The shipped weights where present (accuracy is then meaningful), else random."""
+    if DEFAULT_WEIGHTS.is_file():
+        return DEFAULT_WEIGHTS, True
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "random.safetensors"
+    return save_weights(path, GiMeFive().eval()), False
+
+
+@pytest.fixture(scope="module")
+def annotated(scene, weights, tmp_path_factory):
+    path, truth, _ = scene
+    out = tmp_path_factory.mktemp("out")
+    config = load_annotate_config(None, weights=str(weights[0]), backend="auto")
+    result = annotate_video(path, out / "scene_annotated.mp4", json_path=out / "faces.jsonl",
+                            config=config, progress=False)
+    records = [json.loads(line) for line in (out / "faces.jsonl").read_text().splitlines()]
+    return result, records, out / "scene_annotated.mp4"
+
+
+def matches(truth, records):
+    """Per ground-truth face instance: (face id, label, predicted label or None)."""
+    rows = []
+    for frame, record in zip(truth["frames"], records, strict=True):
+        gt = np.array(frame["boxes"], np.float32)
+        found = np.array([f["box"] for f in record["faces"]], np.float32).reshape(-1, 4)
+        pairs = dict(match_boxes(gt, found, 0.5))
+        for g, (face_id, label) in enumerate(zip(frame["ids"], frame["labels"], strict=True)):
+            k = pairs.get(g)
+            pred = None if k is None else int(np.argmax(record["faces"][k]["probs"]))
+            rows.append((face_id, label, pred))
+    return rows
+
+
+def test_every_frame_and_timestamp_kept(scene, annotated):
+    path, truth, _ = scene
+    result, records, video = annotated
+    with av.open(str(video)) as c:
+        times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    assert len(times) == len(records) == N_FRAMES == result.frames
+    np.testing.assert_allclose(times, [f["time_s"] for f in truth["frames"]], atol=1e-6)
+    np.testing.assert_allclose([r["pts"] for r in records], times, atol=1e-6)
+
+
+def test_detection_recall_at_iou_half(scene, annotated):
+    _, truth, _ = scene
+    rows = matches(truth, annotated[1])
+    recall = np.mean([pred is not None for *_, pred in rows])
+    assert len(rows) == N_FRAMES * FACES_PER_FRAME
+    assert recall >= 0.95, f"recall {recall:.3f}"
+
+
+def test_accuracy_matches_the_crops(scene, annotated, weights):
+    if not weights[1]:
+        pytest.skip(f"shipped weights not found at {DEFAULT_WEIGHTS}: accuracy of random "
+                    f"weights says nothing")
+    from gimefive.backends import create_backend
+    from gimefive.preprocess import preprocess_faces
+
+    _, truth, faces = scene
+    with create_backend("auto", weights=None) as backend:
+        crop_pred = backend(preprocess_faces([f[0] for f in faces]), cam=False)[0].argmax(1)
+    index = {f["id"]: f["source_index"] for f in truth["faces"]}
+    rows = [r for r in matches(truth, annotated[1]) if r[2] is not None]
+    pipeline = np.mean([pred == label for _, label, pred in rows])
+    crops = np.mean([crop_pred[index[i]] == label for i, label, _ in rows])
+    assert abs(pipeline - crops) <= 0.03, f"pipeline {pipeline:.3f} vs crops {crops:.3f}"
