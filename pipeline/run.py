@@ -248,6 +248,17 @@ def format_summary(result: AnnotateResult) -> str:
         timers = ", ".join(f"{k} {v:.1f}" for k, v in st["timers_s"].items()) or "-"
         lines.append(f"{name:<9} {st['cpu_ms_per_frame']:>12.1f} {st['cpu_fps'] or 0:>8.1f} "
                      f"{st['busy_fps'] or 0:>9.1f} {st['blocked_s']:>9.1f}  {timers}")
+    classify, sink = result.info.get("classify", {}), result.info.get("annotate", {})
+    if classify or sink:
+        video = sink.get("codec", "-")
+        if video not in ("-", "libx264"):
+            video += " (libx264 is not in this FFmpeg build)"
+        lines.append(f"backend {classify.get('backend', '-')}, uncertain below "
+                     f"{classify.get('uncertain_threshold', '-')}; video codec {video}")
+    latency = result.stages.get("annotate", {}).get("counters", {})
+    if "latency_ms_p50" in latency:
+        lines.append("latency decode->written ms: " + ", ".join(
+            f"p{q} {latency[f'latency_ms_p{q}']:.0f}" for q in (50, 95, 99)))
     malformed = sum(st["malformed"] for st in result.stages.values())
     if malformed:
         lines.append(f"dropped {malformed} malformed message(s)")
