@@ -32,9 +32,10 @@ CALIBRATION_FACES = 512
 
 
 def onnx_key(weights_hash: str, cam_layer: str, with_cam: bool, precision: str,
-             opset: int = OPSET) -> str:
+             opset: int = OPSET, calibration_faces: int = CALIBRATION_FACES) -> str:
     head = cam_layer if with_cam else "probs"
-    return artifact_key("gimefive", weights_hash, head, f"opset{opset}", precision)
+    calib = f"cal{calibration_faces}" if precision == "int8" else ""
+    return artifact_key("gimefive", weights_hash, head, f"opset{opset}", precision, calib)
 
 
 def onnx_artifact(weights: str | Path | None = None, cam_layer: str = "conv5",
@@ -51,7 +52,8 @@ def onnx_artifact(weights: str | Path | None = None, cam_layer: str = "conv5",
             model, _ = load_model(weights)  # raises the clear missing-weights error
     else:
         whash = state_sha256(model)
-    path = cache_dir("onnx") / (onnx_key(whash, cam_layer, with_cam, precision, opset) + ".onnx")
+    key = onnx_key(whash, cam_layer, with_cam, precision, opset, calibration_faces)
+    path = cache_dir("onnx") / (key + ".onnx")
     if path.is_file():
         return path
     if model is None:

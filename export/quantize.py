@@ -9,6 +9,7 @@ amplify quantization noise.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_x: np.ndarr
 
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice, printed 4 times
+    try:
+        quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.setLevel(level)
     tmp.replace(out_path)
     return out_path

@@ -137,3 +137,22 @@ def test_bad_options_are_clear(weights):
         create_backend("onnxruntime", weights=weights, precision="fp8")
     with pytest.raises(GimefiveError, match="fp16 needs CUDA"):
         create_backend("torch", weights=weights, precision="fp16", device="cpu")
+
+
+def test_int8_calibration_batches_cover_every_face():
+    from gimefive.export.quantize import calibration_batches
+
+    x = np.zeros((70, 3, 64, 64), np.float32)
+    assert [len(b) for b in calibration_batches(x, 32)] == [32, 32, 6]
+    with pytest.raises(GimefiveError, match="non-empty"):
+        calibration_batches(x[:0])
+
+
+def test_onnxruntime_int8_from_training_crops(fer_data, cache, weights, x, reference):
+    with create_backend("onnxruntime", weights=weights, precision="int8",
+                        calibration_faces=64) as b:
+        probs, cam = b(x)
+    assert probs.shape == (10, 6) and cam.shape == (10, 4, 4)
+    assert np.abs(probs - reference[0]).max() < 0.05  # quantized, so close, not equal
+    info = next((cache / "onnx").glob("*int8-cal64.verification.json")).read_text()
+    assert "rafdb_train.csv" in info and '"cam_head": "fp32"' in info

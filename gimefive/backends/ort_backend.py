@@ -29,7 +29,8 @@ def default_providers() -> list[str]:
 @register_backend
 class OnnxRuntimeBackend(Backend):
     """``threads``: intra-op threads (0/None: ONNX Runtime's default, all cores);
-    ``onnx_path``: run this graph instead of the cached export (CAM only)."""
+    ``onnx_path``: run this graph instead of the cached export (CAM only);
+    ``calibration_faces``: training crops that calibrate INT8 (cached per count)."""
 
     name = "onnxruntime"
 
@@ -44,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, weights: str | Path | None = None, cam_layer: str = "conv5",
                  precision: str = "fp32", providers: list[str] | None = None,
                  threads: int | None = None, onnx_path: str | Path | None = None,
-                 model=None) -> None:
+                 model=None, calibration_faces: int = 512) -> None:
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
@@ -52,6 +53,7 @@ class OnnxRuntimeBackend(Backend):
                                 f"got {precision!r}")
         self.weights, self.cam_layer, self.precision = weights, cam_layer, precision
         self._model = model
+        self.calibration_faces = calibration_faces
         self.providers = list(providers) if providers else default_providers()
         self.options = ort.SessionOptions()
         self.options.log_severity_level = 3
@@ -68,7 +70,7 @@ class OnnxRuntimeBackend(Backend):
         from gimefive.export.artifacts import onnx_artifact
 
         return onnx_artifact(self.weights, self.cam_layer, with_cam, self.precision,
-                             model=self._model)
+                             model=self._model, calibration_faces=self.calibration_faces)
 
     def _session(self, path: Path):
         import onnxruntime as ort
