@@ -9,9 +9,12 @@ busy with pipeline work for the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,14 +195,33 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
         supervisor = Supervisor(processes, ipc_endpoint(directory, "control"), directory,
                                 on_event=bar.event, gate_endpoint=job["gate"])
         try:
-            supervisor.start_all()
-            stages = supervisor.run()
+            with _sigterm_as_interrupt():
+                supervisor.start_all()
+                stages = supervisor.run()
         finally:
+            supervisor.stop()
             bar.close()
     result = summarize(stages, time.perf_counter() - start)
     if save_resolved_config and output is not None:
         save_config(config, output.with_name(output.name + ".config.yaml"))
     return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the stages (outputs finalised) and removes the sockets, like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summarize(stages: dict[str, StageProcess], wall_s: float) -> AnnotateResult:

@@ -72,6 +72,7 @@ class Supervisor:
         self.gate_endpoint = gate_endpoint  # the source waits here until all are ready
         self.gate_open = gate_endpoint is None
         self.bad_control = 0
+        self.stopped = False
 
     def _env(self, stage: StageProcess) -> dict[str, str]:
         env = dict(os.environ)
@@ -178,6 +179,9 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM every live stage (they finalise their outputs), then SIGKILL stragglers."""
+        if self.stopped:
+            return
+        self.stopped = True
         alive = [s.proc for s in self.stages.values() if s.proc and s.proc.poll() is None]
         for proc in alive:
             proc.send_signal(signal.SIGTERM)
