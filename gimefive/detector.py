@@ -201,5 +201,7 @@ def _open_session(threads: int | None):
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    # idle worker threads must not spin: the pipeline's other stages need those cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(WEIGHTS, sess_options=options,
                                 providers=["CPUExecutionProvider"])
