@@ -42,10 +42,42 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the repository's gimefive/ (model, checkpoint IO)
 
-import cv2  # noqa: E402
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("video")
+    parser.add_argument("--weights", default=None,
+                        help="GiMeFive weights (.safetensors or the paper's .pth); "
+                             "default: the shipped weights")
+    parser.add_argument("--json", default=None, help="write the report here (else stdout)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the video")
+    parser.add_argument("--warmup-frames", type=int, default=5,
+                        help="frames processed once before timing (not counted)")
+    parser.add_argument("--max-frames", type=int, default=None)
+    return parser
+
+
+def preflight(args: argparse.Namespace) -> str | None:
+    """Problems found before torch loads (a second or two saved on every bad call)."""
+    if not Path(args.video).is_file():
+        return f"video not found: {args.video}"
+    if not hasattr(cv2, "CascadeClassifier"):
+        return (f"OpenCV {cv2.__version__} has no CascadeClassifier; run me with the venv "
+                "from benchmarks/setup_baseline_venv.sh")
+    return None
+
+
+if __name__ == "__main__":
+    _problem = preflight(build_parser().parse_args())
+    if _problem:
+        print(f"paper_baseline: {_problem}", file=sys.stderr)
+        sys.exit(2)
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -149,25 +181,11 @@ def process_video(video: str, output: str, model, hook, cascade, max_frames: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("video")
-    parser.add_argument("--weights", default=None,
-                        help="GiMeFive weights (.safetensors or the paper's .pth); "
-                             "default: the shipped weights")
-    parser.add_argument("--json", default=None, help="write the report here (else stdout)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the video")
-    parser.add_argument("--warmup-frames", type=int, default=5,
-                        help="frames processed once before timing (not counted)")
-    parser.add_argument("--max-frames", type=int, default=None)
-    args = parser.parse_args(argv)
-    if not Path(args.video).is_file():
-        print(f"paper_baseline: video not found: {args.video}", file=sys.stderr)
+    args = build_parser().parse_args(argv)
+    problem = preflight(args)
+    if problem:
+        print(f"paper_baseline: {problem}", file=sys.stderr)
         return 2
-    if not hasattr(cv2, "CascadeClassifier"):
-        print(f"paper_baseline: OpenCV {cv2.__version__} has no CascadeClassifier; run me "
-              "with the venv from benchmarks/setup_baseline_venv.sh", file=sys.stderr)
-        return 2
-
     try:
         model, _ = load_model(args.weights)  # fp32, eval mode, parameters require grad
     except GimefiveError as exc:

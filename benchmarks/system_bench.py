@@ -330,7 +330,14 @@ def bench_classify(weights: Path, configs: list[str], batches: list[int], rounds
         except Exception as exc:  # one unavailable configuration must not end the run
             log(f"  classify: {name} unavailable ({exc})")
     try:
-        rows = backends_bench.speed(engines, faces.x, batches, rounds, per_measure=128)
+        # backends_bench.py (the export engineer's) owns the measurement loop; pass only
+        # the arguments its signature has, so both evolve without breaking each other
+        import inspect
+
+        options = {"per_measure": 128, "max_seconds": 3.0}
+        accepted = inspect.signature(backends_bench.speed).parameters
+        rows = backends_bench.speed(engines, faces.x, batches, rounds,
+                                    **{k: v for k, v in options.items() if k in accepted})
     finally:
         for engine in engines.values():
             engine.close()
@@ -442,6 +449,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cam", action="store_true")
     p.add_argument("--cam-every", type=int, default=None)
     p.add_argument("--detect-every", type=int, default=None)
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the untimed warm-up run of the pipeline (quick looks, tests)")
     p.add_argument("--skip", default="", help="comma list of: decode,detect,classify,"
                    "pipeline,baseline,scaling")
     p.add_argument("--baseline-venv", default=str(BASELINE_VENV))
@@ -507,7 +516,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gimefive-bench-") as tmp:
         work = Path(tmp)
         inputs = prepare_inputs(args.video, resolutions, args.frames, args.fps, work)
-        if "pipeline" not in skip:
+        if "pipeline" not in skip and not args.no_warmup:
             log("warming up the pipeline (untimed)")
             warm_pipeline(config, work)
         venv = Path(args.baseline_venv)

@@ -78,6 +78,8 @@ def _at_least(minimum):
               help="Pipeline Grad-CAM on every Nth frame [config: 1].")
 @click.option("--detect-every", type=int, default=None, callback=_at_least(1),
               help="Pipeline detection on every Nth frame [config: 1].")
+@click.option("--no-warmup", is_flag=True,
+              help="Skip the untimed warm-up run of the pipeline (quick looks only).")
 @click.option("--skip", default="", callback=_skip,
               help=f"Parts to leave out, comma separated: {', '.join(PARTS)}.")
 @click.option("--baseline-venv", type=click.Path(path_type=Path), default=None,
@@ -100,7 +102,7 @@ def _at_least(minimum):
 @click.option("--scaling-warmup", type=float, default=8.0,
               help="Seconds of each stream-count run left out of the measurement.")
 def bench_command(video, out, resolutions, frames, fps, repeat, weights, backend, config_path,
-                  no_cam, cam_every, detect_every, skip, baseline_venv,
+                  no_cam, cam_every, detect_every, no_warmup, skip, baseline_venv,
                   no_create_baseline_venv, baseline_frames, baseline_repeat,
                   classify_configs, classify_batches, scaling_max, scaling_seconds,
                   scaling_warmup):
@@ -123,7 +125,7 @@ def bench_command(video, out, resolutions, frames, fps, repeat, weights, backend
         video=str(video) if video else None, out=str(out), resolutions=resolutions,
         frames=frames, fps=fps, repeat=repeat, weights=str(weights) if weights else None,
         backend=backend, config=str(config_path) if config_path else None, no_cam=no_cam,
-        cam_every=cam_every, detect_every=detect_every, skip=skip,
+        cam_every=cam_every, detect_every=detect_every, no_warmup=no_warmup, skip=skip,
         baseline_venv=str(baseline_venv or system_bench.BASELINE_VENV),
         no_create_baseline_venv=no_create_baseline_venv, baseline_frames=baseline_frames,
         baseline_repeat=baseline_repeat, classify_configs=classify_configs,

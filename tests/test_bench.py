@@ -7,12 +7,19 @@ they check what is written, never how fast anything is (speed lives in the repor
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from gimefive.pipeline.bench_cli import load_system_bench
 
 from gimefive.cli import cli, main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def test_decode_and_detect_only_report(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_and_classify_in_one_run(tmp_path):
-    result, out = run_bench(tmp_path, "--skip", "decode,detect,baseline,scaling",
+    result, out = run_bench(tmp_path, "--skip", "decode,detect,baseline,scaling", "--no-warmup",
                             "--classify-configs", "onnxruntime fp32",
                             "--classify-batches", "1,4")
     assert result.exit_code == 0, result.output
@@ -128,3 +135,26 @@ def test_ratios(system_bench):
     assert r["pipeline_over_baseline_faces_found"] == 4.0   # 4.8 vs 1.2 per frame
     assert r["pipeline_over_baseline_faces_matched"] == pytest.approx(4.27, abs=0.01)
     assert r["parallel_efficiency"] == 0.85
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+def test_gpu_check_fails_early_and_clearly_without_a_gpu(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")],
+                          capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path)},
+                          timeout=60)
+    assert proc.returncode == 3
+    assert "gpu_check:" in proc.stderr and "NVIDIA GPU" in proc.stderr
+
+
+def test_gpu_check_python_part_reports_environment_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the real check would run")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")],
+                          capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path)},
+                          timeout=120)
+    assert proc.returncode == 3 and "no CUDA device" in proc.stderr
+    env = json.loads((tmp_path / "gpu_check.json").read_text())["environment"]
+    assert env["cuda_available"] is False and env["torch"] == torch.__version__
+    assert "CPUExecutionProvider" in env["onnxruntime_providers"]
