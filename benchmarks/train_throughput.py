@@ -81,12 +81,13 @@ def main() -> None:
     steps = {m: make_step(*MODES[m], args.batch_size, device) for m in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.warmup + args.steps):
-        for m in modes:
-            t = steps[m]()
-            if r >= args.warmup:
+        this_round = {m: steps[m]() for m in modes}
+        if r >= args.warmup:
+            for m, t in this_round.items():
                 times[m].append(t)
-        print(f"round {r + 1}/{args.warmup + args.steps}: " +
-              ", ".join(f"{m} {times[m][-1] if times[m] else t:.2f}s" for m in modes), flush=True)
+        kind = "warm-up" if r < args.warmup else "timed"
+        print(f"round {r + 1}/{args.warmup + args.steps} ({kind}): " +
+              ", ".join(f"{m} {t:.2f}s" for m, t in this_round.items()), flush=True)
 
     rows = []
     for m in modes:
