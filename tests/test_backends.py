@@ -156,3 +156,18 @@ def test_onnxruntime_int8_from_training_crops(fer_data, cache, weights, x, refer
     assert np.abs(probs - reference[0]).max() < 0.05  # quantized, so close, not equal
     info = next((cache / "onnx").glob("*int8-cal64.verification.json")).read_text()
     assert "rafdb_train.csv" in info and '"cam_head": "fp32"' in info
+
+
+def test_auto_choice_prefers_gpu_paths(monkeypatch):
+    import onnxruntime as ort
+    import torch
+
+    from gimefive.backends.base import auto_choice
+
+    assert auto_choice() == ("onnxruntime", {})  # this CPU-only machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_choice() == ("torch", {"device": "cuda", "precision": "fp16",
+                                       "cam_method": "graph"})
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert auto_choice() == ("onnxruntime", {})

@@ -156,3 +156,16 @@ def test_parity_on_real_rafdb_faces(fer_data, model, layer, tmp_path):
     result = export_verified(model, tmp_path / f"{layer}.onnx", layer, faces=real)
     assert result.report["faces_source"].startswith("rafdb_test.csv")
     assert result.report["cam_max_abs_diff"] <= CAM_TOL
+
+
+@pytest.mark.parametrize("layer", ["conv5", "conv4"])
+def test_parity_with_shipped_weights_on_real_faces(fer_data, layer, tmp_path):
+    from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model
+
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip(f"no shipped weights at {DEFAULT_WEIGHTS}")
+    shipped, _ = load_model()
+    real = load_split("rafdb_test", limit=64, seed=1, root=fer_data)
+    result = export_verified(shipped, tmp_path / f"shipped-{layer}.onnx", layer, faces=real)
+    assert result.report["probs_max_abs_diff"] <= PROBS_TOL
+    assert result.report["cam_max_abs_diff"] <= CAM_TOL

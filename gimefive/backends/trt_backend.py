@@ -21,7 +21,8 @@ from gimefive.errors import GimefiveError
 @register_backend
 class TensorRTBackend(Backend):
     """``precision``: fp32, fp16 (default) or int8 (calibrated on training faces);
-    batches above ``max_batch`` are split."""
+    batches above ``max_batch`` are split; ``threads`` is accepted for a uniform
+    interface and unused (the GPU does the work)."""
 
     name = "tensorrt"
 
@@ -35,7 +36,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, weights: str | Path | None = None, cam_layer: str = "conv5",
                  precision: str = "fp16", max_batch: int = 128, engine_path=None,
-                 model=None) -> None:
+                 model=None, threads: int | None = None) -> None:
         from gimefive.export.tensorrt import require_tensorrt
 
         trt = require_tensorrt()
