@@ -23,6 +23,7 @@ class AnnotateConfig:
     cam_layer: str = "conv5"
     classify_max_batch: int = 32        # faces per engine call
     classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
+    classify_workers: int = 1           # engine calls run in parallel threads (many faces)
     align: bool = True                  # rotate crops so the eyes are level
     crop_scale: float = 1.25            # square crop side / detected box's longer side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
@@ -64,6 +65,7 @@ class AnnotateConfig:
             (self.cam_every >= 1, "cam_every", ">= 1"),
             (self.detect_every >= 1, "detect_every", ">= 1"),
             (self.classify_max_batch >= 1, "classify_max_batch", ">= 1"),
+            (self.classify_workers >= 1, "classify_workers", ">= 1"),
             (self.detect_batch >= 1, "detect_batch", ">= 1"),
             (0.0 <= self.cam_opacity <= 1.0, "cam_opacity", "in 0..1"),
             (0.0 < self.smoothing_alpha <= 1.0, "smoothing_alpha", "in (0, 1]"),

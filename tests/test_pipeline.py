@@ -121,7 +121,7 @@ def test_detect_every_and_cam_every(tmp_path, clip, weights):
     path, truth = clip
     jsonl = tmp_path / "faces.jsonl"
     config = load_annotate_config(None, weights=str(weights), backend="torch", detect_every=3,
-                                  cam_every=2)
+                                  cam_every=2, classify_workers=2, classify_max_batch=4)
     result = annotate_video(path, None, json_path=jsonl, config=config, progress=False)
     lines = read_jsonl(jsonl)
     assert [r["detected"] for r in lines] == [i % 3 == 0 for i in range(N)]

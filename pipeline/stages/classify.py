@@ -85,6 +85,11 @@ class ClassifyStage(Stage):
         self.backend(np.zeros((2, 3, 64, 64), np.float32), cam=c.cam)  # warm-up
         self.threshold = (c.uncertain_threshold if c.uncertain_threshold is not None
                           else uncertain_threshold_of(c.weights))
+        self.pool = None
+        if c.classify_workers > 1:  # engines release the GIL: threads run calls in parallel
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(c.classify_workers, thread_name_prefix="engine")
         self.pending: list[DetectionsMsg] = []
         self.pending_faces = 0
         self.first_pending = 0.0
@@ -139,20 +144,25 @@ class ClassifyStage(Stage):
             return np.zeros((0, 6), np.float32), (np.zeros((0, 1, 1), np.float32) if cam else None)
         with self.timed("preprocess"):
             batch = preprocess_faces(faces, color="bgr")
-        probs_all, cams_all = [], []
         size = self.config.classify_max_batch
+        workers = self.config.classify_workers
+        if workers > 1 and len(batch) > 1:  # equal shares, one engine call per worker thread
+            size = min(size, -(-len(batch) // workers))
+        chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
         with self.timed("engine_cam" if cam else "engine"):
-            for start in range(0, len(batch), size):
-                probs, cams = self.backend(batch[start:start + size], cam=cam)
-                probs_all.append(probs)
-                if cam:
-                    cams_all.append(cams)
+            if self.pool is not None and len(chunks) > 1:
+                results = list(self.pool.map(lambda b: self.backend(b, cam=cam), chunks))
+            else:
+                results = [self.backend(b, cam=cam) for b in chunks]
         self.count("faces", len(faces))
-        self.count("engine_calls", len(probs_all))
+        self.count("engine_calls", len(results))
         if cam:
             self.count("cam_faces", len(faces))
-        return np.concatenate(probs_all), (np.concatenate(cams_all) if cam else None)
+        probs = np.concatenate([r[0] for r in results])
+        return probs, (np.concatenate([r[1] for r in results]) if cam else None)
 
     def close(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.shutdown()
         if hasattr(self, "backend"):
             self.backend.close()
