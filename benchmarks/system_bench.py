@@ -347,11 +347,12 @@ def bench_classify(weights: Path, configs: list[str], batches: list[int], rounds
 # --------------------------------------------------------------------------- scaling
 
 def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s: float,
-                  work: Path, target_fps: float) -> dict[str, Any]:
+                  work: Path, target_fps: float, startup_s: float = 30.0) -> dict[str, Any]:
     """1, 2, 4, ... looping copies of ``clip`` through ``monitor`` until real time breaks.
 
-    A count is sustained when every stream's written fps, measured after ``warmup_s``,
-    is at least 95% of ``target_fps`` and at most 2% of its decoded frames were dropped.
+    A count is sustained when every stream's written fps, measured from ``warmup_s``
+    after frames flow (each run lasts ``startup_s + warmup_s + seconds``), is at least
+    95% of ``target_fps`` and at most 2% of its decoded frames were dropped.
     """
     from gimefive.pipeline.live_monitor import load_monitor_config, run_monitor
 
@@ -362,7 +363,7 @@ def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s:
         status.unlink(missing_ok=True)
         cfg = load_monitor_config(json=str(work / f"scaling_{n}.jsonl"),
                                   status_json=str(status), status_every_s=1.0,
-                                  duration_s=warmup_s + seconds)
+                                  duration_s=startup_s + warmup_s + seconds)
         run_monitor([clip] * n, cfg, stage_config=config, quiet=True,
                     log_dir=work / f"scaling_{n}_logs")
         step = scaling_step(status, n, warmup_s, target_fps)
@@ -380,11 +381,18 @@ def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s:
 
 def scaling_step(status_path: Path, n: int, warmup_s: float, target_fps: float
                  ) -> dict[str, Any]:
+    """Per-stream written fps and dropped fraction from ``monitor``'s status records,
+    counted from ``warmup_s`` after every stream has written its first frame."""
     records = [json.loads(line) for line in status_path.read_text().splitlines() if line]
-    timed = [r for r in records if r.get("kind") == "status" and r["uptime_s"] >= warmup_s]
+    records = [r for r in records if r.get("kind") == "status"]
+    flowing = [r["uptime_s"] for r in records
+               if r["streams"] and all(s["written"] > 0 for s in r["streams"].values())]
+    start = flowing[0] + warmup_s if flowing else float("inf")
+    timed = [r for r in records if r["uptime_s"] >= start]
     if len(timed) < 2:
         return {"streams": n, "sustained": False, "fps_out": None, "dropped_fraction": None,
-                "error": f"only {len(timed)} status records after the warm-up"}
+                "error": f"only {len(timed)} status records after the warm-up "
+                         f"(frames flowing from {flowing[0] if flowing else 'never'} s)"}
     first, last = timed[0], timed[-1]
     dt = last["uptime_s"] - first["uptime_s"]
     fps_out, dropped = [], []

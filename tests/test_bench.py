@@ -112,9 +112,11 @@ def test_scaling_step_reads_status_records(system_bench, tmp_path):
         return {"kind": "status", "uptime_s": t, "streams": {
             "cam0": {"written": written, "decoded": decoded, "dropped": dropped},
             "cam1": {"written": written // 2, "decoded": decoded, "dropped": dropped * 20}}}
-    lines = [record(2, 10, 10, 0), record(5, 60, 80, 0), record(15, 310, 330, 1)]
+    lines = [record(1, 0, 5, 0), record(2, 10, 10, 0), record(6, 60, 80, 0),
+             record(16, 310, 330, 1)]
     status = tmp_path / "s.jsonl"
     status.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    # frames flow from 2 s; warm-up 4 s: measured from 6 s to 16 s
     step = system_bench.scaling_step(status, 2, warmup_s=4, target_fps=25)
     assert step["fps_out"] == [25.0, 12.5]  # (310-60)/10 and (155-30)/10
     assert step["dropped_fraction"] == [0.004, 0.08]
