@@ -171,3 +171,11 @@ def test_auto_choice_prefers_gpu_paths(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert auto_choice() == ("onnxruntime", {})
+
+
+def test_full_backward_cam_equals_autograd_cam(weights, x, reference):
+    with create_backend("torch", weights=weights, cam_method="backward") as b:
+        probs, cam = b(x)
+        assert all(p.grad is None for p in b.model.parameters())  # left clean
+    assert np.abs(probs - reference[0]).max() <= 1e-6
+    assert np.abs(cam - reference[1]).max() <= 1e-5

@@ -4,6 +4,8 @@ Activation = the conv layer's output before BatchNorm (``forward_with(keep=...)`
 channel weights = spatial mean of d logit_c / d activation for each face's predicted
 class c; CAM = ReLU of the weighted channel sum, min-max scaled to 0..1 per face.
 
+``cam_method="backward"`` gets the same map from a full ``backward()`` (every parameter
+gradient filled, as pytorch-grad-cam and the paper's script do; for comparisons).
 ``cam_method="graph"`` uses the closed-form in-graph CAM of
 :class:`gimefive.export.cam_graph.GiMeFiveCam` instead (one forward pass, no backward),
 which is what the exported engines run; autograd stays the default because it is the
@@ -23,7 +25,7 @@ from gimefive.checkpoint import load_model
 from gimefive.errors import GimefiveError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-CAM_METHODS = ("autograd", "graph")
+CAM_METHODS = ("autograd", "graph", "backward")
 
 
 def autograd_gradcam(model, x: torch.Tensor, layer: str = "conv5",
@@ -40,6 +42,26 @@ def autograd_gradcam(model, x: torch.Tensor, layer: str = "conv5",
         # gives every face its own gradient.
         score = logits.gather(1, class_index[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activation)
+    return logits.detach(), weighted_cam(activation.detach().float(), grad.float())
+
+
+def full_backward_gradcam(model, x: torch.Tensor, layer: str = "conv5"):
+    """The same Grad-CAM, computed the way pytorch-grad-cam and the paper's script do:
+    ``score.backward()`` through the whole network, filling every parameter's gradient.
+
+    Only for comparison (benchmarks): it costs a full backward pass, where
+    :func:`autograd_gradcam` asks autograd for the one gradient it needs.
+    """
+    from gimefive.export.cam_graph import weighted_cam
+
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        logits, kept = model.forward_with(x, keep=(layer,))
+        activation = kept[layer]
+        activation.retain_grad()
+        logits.gather(1, logits.argmax(dim=1)[:, None]).sum().backward()
+    grad = activation.grad
+    model.zero_grad(set_to_none=True)
     return logits.detach(), weighted_cam(activation.detach().float(), grad.float())
 
 
@@ -105,6 +127,8 @@ class TorchBackend(Backend):
                 with torch.inference_mode():
                     probs, cams = self.cam_model(x)
                 return _numpy(probs), _numpy(cams)
+            elif self.cam_method == "backward":
+                logits, cams = full_backward_gradcam(self.model, x, self.cam_layer)
             else:
                 logits, cams = autograd_gradcam(self.model, x, self.cam_layer)
         probs = torch.softmax(logits.float(), dim=1)
