@@ -35,6 +35,31 @@ def match_boxes(new: np.ndarray, old: np.ndarray, min_iou: float) -> list[tuple[
     return pairs
 
 
+def match_centers(new: np.ndarray, old: np.ndarray, max_distance: float = 1.0
+                  ) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching by centre distance, in units of the boxes' mean side.
+
+    Used across the gap between detections (``detect_every``), where a fast face may no
+    longer overlap its old box enough for IoU matching.
+    """
+    if len(new) == 0 or len(old) == 0:
+        return []
+    c_new, c_old = (new[:, :2] + new[:, 2:]) / 2, (old[:, :2] + old[:, 2:]) / 2
+    s_new = (new[:, 2:] - new[:, :2]).mean(axis=1)
+    s_old = (old[:, 2:] - old[:, :2]).mean(axis=1)
+    scale = np.maximum((s_new[:, None] + s_old[None, :]) / 2, 1e-6)
+    dist = np.linalg.norm(c_new[:, None] - c_old[None], axis=2) / scale
+    rows, cols = np.nonzero(dist <= max_distance)
+    order = np.argsort(dist[rows, cols], kind="stable")
+    used_new, used_old, pairs = set(), set(), []
+    for r, c in zip(rows[order], cols[order], strict=True):
+        if r not in used_new and c not in used_old:
+            used_new.add(r)
+            used_old.add(c)
+            pairs.append((int(r), int(c)))
+    return pairs
+
+
 @dataclass(eq=False)
 class Track:
     track_id: int

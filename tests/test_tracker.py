@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from gimefive.pipeline.tracking import IoUTracker, match_boxes
+from gimefive.pipeline.tracking import IoUTracker, match_boxes, match_centers
 
 
 def onehot(k, p=0.9):
@@ -65,3 +65,11 @@ def test_empty_frames():
     tracker = IoUTracker()
     result = tracker.update(0, np.zeros((0, 4), np.float32), np.zeros((0, 6), np.float32))
     assert result.track_ids.shape == (0,) and result.smoothed.shape == (0, 6)
+
+
+def test_center_matching_bridges_gaps_where_iou_fails():
+    old = np.array([[0, 0, 30, 30], [100, 0, 130, 30]], np.float32)
+    new = old + np.array([25, 5, 25, 5], np.float32)  # moved most of a box: IoU ~0.1
+    assert match_boxes(new, old, 0.3) == []
+    assert match_centers(new, old, 1.0) == [(0, 0), (1, 1)]
+    assert match_centers(new + 200, old, 1.0) == []

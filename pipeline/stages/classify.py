@@ -22,6 +22,7 @@ from gimefive.pipeline.wire import ClassifiedMsg, DetectionsMsg, Message
 
 from gimefive.preprocess import preprocess_faces
 
+CAM_SIDE = {"conv5": 4, "conv4": 8}  # Grad-CAM resolution at 64x64 input
 MAX_CROP_SIDE = 128  # crops larger than this are warped to 128 px, then area-resized
 
 
@@ -141,7 +142,9 @@ class ClassifyStage(Stage):
 
     def _infer(self, faces: list[np.ndarray], cam: bool):
         if not faces:
-            return np.zeros((0, 6), np.float32), (np.zeros((0, 1, 1), np.float32) if cam else None)
+            side = CAM_SIDE.get(self.config.cam_layer, 4)
+            return np.zeros((0, 6), np.float32), (np.zeros((0, side, side), np.float32)
+                                                  if cam else None)
         with self.timed("preprocess"):
             batch = preprocess_faces(faces, color="bgr")
         size = self.config.classify_max_batch

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from gimefive.pipeline.stage import Stage
-from gimefive.pipeline.tracking import match_boxes
+from gimefive.pipeline.tracking import match_centers
 from gimefive.pipeline.wire import DetectionsMsg, FrameMsg, Message
 
 from gimefive.detector import Detections, FaceDetector
@@ -31,7 +31,7 @@ class _StreamMotion:
         velocity = np.zeros((len(det), 2), np.float32)
         if self.index >= 0 and len(det) and len(self.det):
             gap = max(1, index - self.index)
-            for new, old in match_boxes(det.boxes, self.det.boxes, 0.3):
+            for new, old in match_centers(det.boxes, self.det.boxes, 1.0):
                 velocity[new] = (_centers(det.boxes[new]) - _centers(self.det.boxes[old])) / gap
         self.index, self.det, self.velocity = index, det, velocity
 
