@@ -133,14 +133,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines += input_table(res) + [""]
         if res.get("ratios"):
             lines += ratio_lines(res["ratios"]) + [""]
-        if res.get("pipeline"):
+        if res.get("pipeline", {}).get("stages"):
             lines += stage_lines(res["pipeline"]) + [""]
-    if result.get("classify"):
-        lines += ["## Classifier engines", ""] + classify_lines(result["classify"]) + [""]
-    if result.get("scaling"):
-        lines += ["## Live streams", ""] + scaling_lines(result["scaling"]) + [""]
-    elif "scaling" not in result.get("skipped", []):
-        lines += ["## Live streams", "", "Not measured in this run.", ""]
+    for key, title, body in (("classify", "Classifier engines", classify_lines),
+                             ("scaling", "Live streams", scaling_lines)):
+        part = result.get(key)
+        if part:
+            lines += [f"## {title}", ""]
+            lines += [f"Skipped: {part['skipped']}"] if "skipped" in part else body(part)
+            lines += [""]
+    if not result.get("complete", True):
+        lines += ["**Partial report: the run did not finish.**", ""]
     return "\n".join(lines)
 
 
@@ -173,7 +176,7 @@ def charts(result: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "fps_and_faces.png", dpi=100)
         plt.close(fig)
         written.append("fps_and_faces.png")
-        staged = [r for r in inputs if r.get("pipeline")]
+        staged = [r for r in inputs if r.get("pipeline", {}).get("stages")]
         if staged:
             fig, ax = plt.subplots(figsize=(7, 4))
             stages = list(staged[0]["pipeline"]["stages"])
@@ -189,7 +192,7 @@ def charts(result: dict[str, Any], out: Path) -> list[str]:
             fig.savefig(out / "pipeline_stages.png", dpi=100)
             plt.close(fig)
             written.append("pipeline_stages.png")
-    if result.get("classify"):
+    if result.get("classify", {}).get("rows"):
         fig, ax = plt.subplots(figsize=(7, 4))
         rows = result["classify"]["rows"]
         for config in dict.fromkeys(r["config"] for r in rows):
@@ -208,7 +211,7 @@ def charts(result: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "classify.png", dpi=100)
         plt.close(fig)
         written.append("classify.png")
-    if result.get("scaling") and result["scaling"]["steps"]:
+    if result.get("scaling", {}).get("steps"):
         s = result["scaling"]
         fig, ax = plt.subplots(figsize=(6, 4))
         steps = [st for st in s["steps"] if st["fps_out"]]

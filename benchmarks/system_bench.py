@@ -430,7 +430,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         pf = p["faces_found"] / max(1, p["frames"])
         bf = b["faces_found"] / max(1, b["frames"])
         out["pipeline_over_baseline_faces_found"] = round(pf / bf, 2) if bf else None
-    if p:
+    if p.get("parallel_efficiency"):
         out["parallel_efficiency"] = p["parallel_efficiency"]["median_run"]
     return out
 
@@ -521,37 +521,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "skipped": sorted(skip), "inputs": []}
     log(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
         f"weights: {weights_kind}")
+    def save_partial() -> None:  # an interrupted or failed run keeps what it measured
+        result["wall_s"] = round(time.time() - started, 1)
+        write_reports(result, out, charts=False)
+
     with tempfile.TemporaryDirectory(prefix="gimefive-bench-") as tmp:
         work = Path(tmp)
         inputs = prepare_inputs(args.video, resolutions, args.frames, args.fps, work)
         if "pipeline" not in skip and not args.no_warmup:
             log("warming up the pipeline (untimed)")
-            warm_pipeline(config, work)
+            attempt("pipeline warm-up", lambda: warm_pipeline(config, work))
         venv = Path(args.baseline_venv)
         baseline_problem = None if "baseline" in skip else ensure_baseline_venv(
             venv, create=not args.no_create_baseline_venv)
         for item in inputs:
-            result["inputs"].append(bench_input(item, args, config, skip, work, venv,
-                                                baseline_problem, weights))
+            res = {k: v for k, v in item.items() if k != "truth"}
+            result["inputs"].append(res)
+            bench_input(res, item, args, config, skip, work, venv, baseline_problem, weights,
+                        save_partial)
         if "classify" not in skip:
             log("classify only (backends side by side)")
-            result["classify"] = bench_classify(
+            result["classify"] = attempt("classify", lambda: bench_classify(
                 weights, [c.strip() for c in args.classify_configs.split(",") if c.strip()],
-                [int(b) for b in args.classify_batches.split(",")], args.repeat)
+                [int(b) for b in args.classify_batches.split(",")], args.repeat))
+            save_partial()
         if "scaling" not in skip:
             clip = next((i for i in inputs if i["name"] == "640x360"), inputs[0])
             log(f"scaling: looping {clip['name']} streams at {args.fps} fps through monitor")
-            result["scaling"] = bench_scaling(clip["path"], config, args.scaling_max,
-                                              args.scaling_seconds, args.scaling_warmup, work,
-                                              target_fps=args.fps)
+            result["scaling"] = attempt("scaling", lambda: bench_scaling(
+                clip["path"], config, args.scaling_max, args.scaling_seconds,
+                args.scaling_warmup, work, target_fps=args.fps))
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.time() - started, 1)
     write_reports(result, out)
     return result
 
 
-def bench_input(item, args, config, skip, work, venv, baseline_problem, weights):
-    res: dict[str, Any] = {k: v for k, v in item.items() if k != "truth"}
+def attempt(name: str, measure) -> dict[str, Any]:
+    """Run one measurement; a failure the system reports (one clear line) is recorded
+    in the results and the run goes on to the next part."""
+    from gimefive.errors import GimefiveError
+
+    try:
+        return measure()
+    except GimefiveError as exc:
+        log(f"  {name} FAILED: {exc}")
+        return {"skipped": f"failed: {exc}"}
+
+
+def bench_input(res, item, args, config, skip, work, venv, baseline_problem, weights,
+                save_partial) -> None:
+    """Every per-input measurement into ``res``, saving the report after each."""
     log(f"input {item['name']}")
     if "decode" not in skip:
         res["decode"] = bench_decode(item["path"], args.repeat, config.decode_threads)
@@ -561,8 +581,11 @@ def bench_input(item, args, config, skip, work, venv, baseline_problem, weights)
         res["detect"] = bench_detect(frames, config, args.repeat, item["truth"])
         del frames
         log(f"  detect only: {res['detect']['fps']['median']:.1f} fps")
+    save_partial()
     if "pipeline" not in skip:
-        res["pipeline"] = bench_pipeline(item, config, args.repeat, work)
+        res["pipeline"] = attempt("pipeline", lambda: bench_pipeline(item, config, args.repeat,
+                                                                     work))
+        save_partial()
     if "baseline" not in skip:
         if baseline_problem:
             res["baseline"] = {"skipped": baseline_problem}
@@ -575,15 +598,16 @@ def bench_input(item, args, config, skip, work, venv, baseline_problem, weights)
         else:
             log(f"  baseline skipped: {res['baseline']['skipped']}")
     res["ratios"] = ratios(res)
-    return res
+    save_partial()
 
 
-def write_reports(result: dict[str, Any], out: Path) -> None:
+def write_reports(result: dict[str, Any], out: Path, charts: bool = True) -> None:
     report = load_script("bench_report")
+    result["complete"] = charts
+    if charts:
+        result["charts"] = report.charts(result, out)
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "bench.md").write_text(report.markdown(result))
-    result["charts"] = report.charts(result, out)
-    (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
 
 
 def main(argv=None) -> int:

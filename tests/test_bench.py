@@ -84,6 +84,15 @@ def test_pipeline_and_classify_in_one_run(tmp_path):
     assert (out / "classify.png").is_file() and (out / "pipeline_stages.png").is_file()
 
 
+def test_a_failing_pipeline_is_recorded_and_the_run_goes_on(tmp_path):
+    result, out = run_bench(tmp_path, "--skip", "classify,baseline,scaling,detect",
+                            "--no-warmup", "--backend", "nonsense")
+    assert result.exit_code == 0, result.output
+    item = json.loads((out / "bench.json").read_text())["inputs"][0]
+    assert "nonsense" in item["pipeline"]["skipped"] and item["decode"]["fps"]["median"] > 0
+    assert "| annotate pipeline | - |" in (out / "bench.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--skip", "nonsense"], "unknown part"),
     (["--resolutions", "1920x1080"], "expected a comma list"),
