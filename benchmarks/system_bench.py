@@ -101,8 +101,13 @@ def machine_info() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ inputs
 
 def prepare_inputs(video: str | None, resolutions: list[str], n_frames: int, fps: int,
-                   work: Path, seed: int = 0) -> list[dict[str, Any]]:
-    """The user's video, or one generated scene per resolution (with ground truth)."""
+                   work: Path, seed: int = 0, face_sizes: tuple[int, int] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The user's video, or one generated scene per resolution (with ground truth).
+
+    ``face_sizes`` (px at 360 lines, scaled with the frame height) overrides the
+    generator's default range.
+    """
     if video is not None:
         from gimefive.pipeline.probe import probe_input
 
@@ -116,7 +121,9 @@ def prepare_inputs(video: str | None, resolutions: list[str], n_frames: int, fps
     for name in resolutions:
         width, height = RESOLUTIONS[name]
         path = work / f"scene_{name}.mp4"
-        truth = make_scene_video(path, faces, width, height, n_frames, fps, seed)
+        sizes = None if face_sizes is None else tuple(
+            max(16, round(v * height / 360)) for v in face_sizes)
+        truth = make_scene_video(path, faces, width, height, n_frames, fps, seed, sizes=sizes)
         (work / f"scene_{name}.truth.json").write_text(json.dumps(truth))
         inputs.append({"name": name, "path": str(path), "width": width, "height": height,
                        "truth": truth, "faces_source": source,
@@ -450,6 +457,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolutions", default="640x360,1280x720")
     p.add_argument("--frames", type=int, default=100, help="frames per generated scene")
     p.add_argument("--fps", type=int, default=25, help="frame rate of generated scenes")
+    p.add_argument("--face-sizes", default=None,
+                   help="MIN,MAX face size in px at 360 lines, scaled with the height "
+                        "(default: the generator's 60,200, shrunk to fit)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--weights", default=None)
     p.add_argument("--backend", default=None)
@@ -527,7 +537,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="gimefive-bench-") as tmp:
         work = Path(tmp)
-        inputs = prepare_inputs(args.video, resolutions, args.frames, args.fps, work)
+        inputs = prepare_inputs(args.video, resolutions, args.frames, args.fps, work,
+                                face_sizes=parse_face_sizes(args.face_sizes))
         if "pipeline" not in skip and not args.no_warmup:
             log("warming up the pipeline (untimed)")
             attempt("pipeline warm-up", lambda: warm_pipeline(config, work))
@@ -555,6 +566,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["wall_s"] = round(time.time() - started, 1)
     write_reports(result, out)
     return result
+
+
+def parse_face_sizes(text: str | None) -> tuple[int, int] | None:
+    from gimefive.errors import GimefiveError
+
+    if not text:
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise GimefiveError(f"--face-sizes: expected MIN,MAX in pixels, got {text!r}") from None
+    if not 16 <= lo <= hi:
+        raise GimefiveError(f"--face-sizes: expected 16 <= MIN <= MAX, got {text!r}")
+    return lo, hi
 
 
 def attempt(name: str, measure) -> dict[str, Any]:

@@ -66,6 +66,9 @@ def _at_least(minimum):
               help="Frames per generated scene.")
 @click.option("--fps", type=int, default=25, callback=_at_least(1),
               help="Frame rate of generated scenes (and the real-time target of scaling).")
+@click.option("--face-sizes", default=None, metavar="MIN,MAX",
+              help="Face sizes of generated scenes in px at 360 lines (scaled with the "
+                   "height) [default: 60,200, shrunk to fit 5 faces].")
 @click.option("--repeat", type=int, default=3, callback=_at_least(1),
               help="Timed runs per measurement (median and best are reported).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
@@ -101,11 +104,7 @@ def _at_least(minimum):
               help="Seconds measured per stream count, after the warm-up.")
 @click.option("--scaling-warmup", type=float, default=8.0,
               help="Seconds of each stream-count run left out of the measurement.")
-def bench_command(video, out, resolutions, frames, fps, repeat, weights, backend, config_path,
-                  no_cam, cam_every, detect_every, no_warmup, skip, baseline_venv,
-                  no_create_baseline_venv, baseline_frames, baseline_repeat,
-                  classify_configs, classify_batches, scaling_max, scaling_seconds,
-                  scaling_warmup):
+def bench_command(video, out, weights, config_path, baseline_venv, **options):
     """Measure the whole system side by side on the same input.
 
     Decode only, detect only, classify only (each backend, batch sizes, CAM off
@@ -122,15 +121,11 @@ def bench_command(video, out, resolutions, frames, fps, repeat, weights, backend
     if video is not None and not video.is_file():
         raise click.BadParameter(f"video not found: {video}", param_hint="VIDEO")
     args = argparse.Namespace(
-        video=str(video) if video else None, out=str(out), resolutions=resolutions,
-        frames=frames, fps=fps, repeat=repeat, weights=str(weights) if weights else None,
-        backend=backend, config=str(config_path) if config_path else None, no_cam=no_cam,
-        cam_every=cam_every, detect_every=detect_every, no_warmup=no_warmup, skip=skip,
-        baseline_venv=str(baseline_venv or system_bench.BASELINE_VENV),
-        no_create_baseline_venv=no_create_baseline_venv, baseline_frames=baseline_frames,
-        baseline_repeat=baseline_repeat, classify_configs=classify_configs,
-        classify_batches=classify_batches, scaling_max=scaling_max,
-        scaling_seconds=scaling_seconds, scaling_warmup=scaling_warmup)
+        video=str(video) if video else None, out=str(out),
+        weights=str(weights) if weights else None,
+        config=str(config_path) if config_path else None,
+        baseline_venv=str(baseline_venv or system_bench.BASELINE_VENV), **options)
+    classify_batches = options["classify_batches"]
     try:
         batches = [int(b) for b in classify_batches.split(",") if b.strip()]
     except ValueError:

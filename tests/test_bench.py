@@ -99,6 +99,7 @@ def test_a_failing_pipeline_is_recorded_and_the_run_goes_on(tmp_path):
     (["--repeat", "0"], "must be >= 1"),
     (["--classify-batches", "a,b"], "positive integers"),
     (["no_such_video.mp4"], "video not found"),
+    (["--face-sizes", "80"], "MIN,MAX"),
 ])
 def test_bad_options_are_one_clear_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
@@ -169,3 +170,11 @@ def test_gpu_check_python_part_reports_environment_without_cuda(tmp_path):
     env = json.loads((tmp_path / "gpu_check.json").read_text())["environment"]
     assert env["cuda_available"] is False and env["torch"] == torch.__version__
     assert "CPUExecutionProvider" in env["onnxruntime_providers"]
+
+
+def test_cli_options_match_the_script_options(system_bench):
+    """`gimefive bench` and `python benchmarks/system_bench.py` take the same settings."""
+    from gimefive.pipeline.bench_cli import bench_command
+
+    click_names = {"config" if p.name == "config_path" else p.name for p in bench_command.params}
+    assert click_names == set(vars(system_bench.parse_args([])))
