@@ -155,11 +155,14 @@ def main() -> int:
                 next_outage += args.outage_every
             clock.wait(5.0)
     finally:
-        monitor.send_signal(signal.SIGINT)
+        monitor.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
-            monitor.wait(90)
+            monitor.wait(120)
         except subprocess.TimeoutExpired:
+            print("soak: the monitor did not stop within 120 s of SIGINT; killing it",
+                  file=sys.stderr)
             monitor.kill()
+            monitor.wait()
         server.stop()
         log.close()
     wall = time.monotonic() - started
@@ -169,6 +172,10 @@ def main() -> int:
 def report(args, samples, outages, wall, rc) -> int:
     status_lines = [json.loads(line) for line in (args.out / "cam.status.jsonl").open()]
     final = status_lines[-1]
+    if final.get("kind") != "final":
+        print("soak: the monitor wrote no final record (it did not stop cleanly)",
+              file=sys.stderr)
+        return 1
     stream = final["streams"]["cam0"]
     json_frames = sum(1 for _ in (args.out / "cam.jsonl").open())
     video_frames = count_segment_frames(args.out / "cam.ffconcat")

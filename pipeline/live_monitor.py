@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
 from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.live_stages import RESTART_INDEX_GAP
-from gimefive.pipeline.probe import check_output, check_writable_dir, is_live, probe_input
+from gimefive.pipeline.probe import check_output, is_live, probe_input
 from gimefive.pipeline.supervisor import StageProcess, Supervisor
 from gimefive.pipeline.wire import ipc_endpoint, private_ipc_dir
 
@@ -142,7 +141,7 @@ class LiveSupervisor(Supervisor):
     after ``drain_s``) the rest, so that the final counts add up."""
 
     drained = staticmethod(lambda: True)
-    drain_s = 5.0
+    drain_s = 10.0
 
     def stop(self) -> None:
         sources = [s for s in self.stages.values() if s.name.startswith("source-")]
@@ -179,7 +178,18 @@ class LiveSupervisor(Supervisor):
         with open(stage.log, "ab") as log_file:
             stage.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=log_file,
-                                          env=self._env(stage))
+                                          env=self._env(stage), preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the monitor dies (even by SIGKILL), so a
+    killed monitor leaves no stage running (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: stages then outlive a killed monitor
+        pass
 
 
 def rss_mb(pid: int) -> float | None:
@@ -356,7 +366,9 @@ class Monitor:
         self.last_tick = None
         status_path = self.cfg.status_json or (
             str(Path(self.cfg.json).with_suffix(".status.jsonl")) if self.cfg.json else None)
-        previous = signal.signal(signal.SIGTERM, _raise_stop)
+        # explicit handlers: a monitor started in the background inherits SIGINT ignored
+        previous = {sig: signal.signal(sig, _raise_stop)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with private_ipc_dir("gimefive-monitor-") as directory:
                 if status_path:
@@ -382,13 +394,14 @@ class Monitor:
                     self.final = self.status()
                     self._write_final()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.status_file is not None:
                 self.status_file.close()
         return self.final
 
     def _drained(self) -> bool:
-        """Every frame the cameras sent is written, or nothing more arrived for 1.5 s
+        """Every frame the cameras sent is written, or nothing more arrived for 3 s
         (frames lost in a crashed stage never arrive), or the sink is gone."""
         sent = sum(int(v.get("sent", 0)) for v in self.source_live.values())
         written = sum(int(v.get("written", 0)) for v in self.sink_live.values())
@@ -396,7 +409,7 @@ class Monitor:
         if written != self._drain_last[0]:
             self._drain_last = (written, now)
         annotate = self.supervisor.stages.get("annotate")
-        return (written >= sent or now - self._drain_last[1] > 1.5
+        return (written >= sent or now - self._drain_last[1] > 3.0
                 or annotate is None or annotate.proc.poll() is not None)
 
     def _failure_line(self, message: str) -> str:
@@ -445,7 +458,4 @@ def run_monitor(sources: list[str], cfg: MonitorConfig,
     if not cfg.out and not cfg.json:
         raise GimefiveError("nothing to write: give --out FILE.mp4|rtsp://... and/or --json FILE")
     check_monitor_inputs(named, cfg)
-    if cfg.out and not is_live(cfg.out):
-        check_writable_dir(Path(cfg.out).parent or Path("."))
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return Monitor(named, cfg, stage_config, quiet=quiet, log_dir=log_dir).run()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 import pytest
 from rtsp_server import RtspServer, free_port, server_unavailable_reason
 
@@ -198,3 +199,49 @@ def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bg
             assert sum(1 for _ in c.decode(video=0)) == len(rows)
     text = "".join(stderr)
     assert "stream cam0: back after" in text and "restarting it (1 of 5" in text
+
+
+@pytest.mark.slow
+def test_monitor_pushes_annotated_stream_to_rtsp(tmp_path, weights, astronaut_bgr):
+    """`--out rtsp://...`: the annotated stream is published to a real RTSP relay
+    (rtsp-server-perl) and can be read back from it."""
+    from rtsp_server import RelayServer
+
+    reason = RelayServer.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width, stream.height = 192, 192
+        face = cv2.resize(astronaut_bgr, (192, 192))
+        for _ in range(10):
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="bgr24")))
+        c.mux(stream.encode())
+    with RelayServer(path="annotated") as relay:
+        monitor = subprocess.Popen(
+            [sys.executable, "-c", "from gimefive.cli import main; main()", "monitor",
+             str(clip), "-o", relay.publish_url, "--json", str(tmp_path / "f.jsonl"),
+             "--weights", str(weights), "--backend", "torch", "-q"],
+            stderr=subprocess.PIPE, text=True)
+        try:
+            got, deadline, waiter = [], time.monotonic() + 90, threading.Event()
+            while not got and time.monotonic() < deadline and monitor.poll() is None:
+                try:
+                    with av.open(relay.read_url, options={"rtsp_transport": "udp"},
+                                 timeout=(5, 5)) as c:
+                        for frame in c.decode(video=0):
+                            got.append(frame.to_ndarray(format="bgr24"))
+                            if len(got) == 5:
+                                break
+                except av.error.FFmpegError:  # not published yet: the pipeline is starting
+                    waiter.wait(1.0)
+        finally:
+            monitor.send_signal(signal.SIGINT)
+            rc = monitor.wait(60)
+        err = monitor.stderr.read()
+    assert rc == 0, err
+    assert len(got) == 5 and got[0].shape == (192, 192, 3)
+    # annotated, not the raw clip: the box and bars change pixels around the face
+    raw = cv2.resize(astronaut_bgr, (192, 192)).astype(int)
+    assert np.abs(got[-1].astype(int) - raw).mean() > 5
