@@ -354,36 +354,96 @@ def bench_classify(weights: Path, configs: list[str], batches: list[int], rounds
 # --------------------------------------------------------------------------- scaling
 
 def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s: float,
-                  work: Path, target_fps: float, startup_s: float = 30.0) -> dict[str, Any]:
+                  work: Path, target_fps: float, startup_timeout_s: float = 180.0
+                  ) -> dict[str, Any]:
     """1, 2, 4, ... looping copies of ``clip`` through ``monitor`` until real time breaks.
 
-    A count is sustained when every stream's written fps, measured from ``warmup_s``
-    after frames flow (each run lasts ``startup_s + warmup_s + seconds``), is at least
-    95% of ``target_fps`` and at most 2% of its decoded frames were dropped.
+    ``gimefive monitor`` runs as a subprocess (it owns its signal handlers) and is
+    stopped with SIGINT once frames have flowed for ``warmup_s + seconds``. A count is
+    sustained when every stream's written fps over the measured part is at least 95% of
+    ``target_fps`` and at most 2% of its decoded frames were dropped.
     """
-    from gimefive.pipeline.live_monitor import load_monitor_config, run_monitor
+    from gimefive.config import save_config
 
+    stage_yaml = save_config(config, work / "scaling_stage_config.yaml")
     steps = []
     n = 1
     while n <= max_streams:
         status = work / f"scaling_{n}.status.jsonl"
         status.unlink(missing_ok=True)
-        cfg = load_monitor_config(json=str(work / f"scaling_{n}.jsonl"),
-                                  status_json=str(status), status_every_s=1.0,
-                                  duration_s=startup_s + warmup_s + seconds)
-        run_monitor([clip] * n, cfg, stage_config=config, quiet=True,
-                    log_dir=work / f"scaling_{n}_logs")
+        cmd = [sys.executable, "-c", "from gimefive.cli import main; main()", "monitor",
+               *([clip] * n), "--json", str(work / f"scaling_{n}.jsonl"),
+               "--status-json", str(status), "--status-every", "1",
+               "--stage-config", str(stage_yaml), "--quiet",
+               "--log-dir", str(work / f"scaling_{n}_logs")]
+        problem = run_until_measured(cmd, status, warmup_s + seconds, startup_timeout_s)
         step = scaling_step(status, n, warmup_s, target_fps)
+        if problem:
+            step["error"] = problem
+            step["sustained"] = False
         steps.append(step)
         log(f"  scaling {n} stream(s): per-stream out fps {step['fps_out']} "
             f"dropped {step['dropped_fraction']} -> "
-            f"{'real time' if step['sustained'] else 'BROKEN'}")
+            f"{'real time' if step['sustained'] else 'BROKEN'}"
+            f"{' (' + step['error'] + ')' if step.get('error') else ''}")
         if not step["sustained"]:
             break
         n *= 2
     sustained = [s["streams"] for s in steps if s["sustained"]]
     return {"target_fps": target_fps, "seconds_measured": seconds, "warmup_s": warmup_s,
             "steps": steps, "streams_sustained": max(sustained) if sustained else 0}
+
+
+def _flowing_since(status: Path) -> tuple[float | None, float]:
+    """(uptime when every stream had written a frame, latest uptime) from the status file."""
+    since, latest = None, 0.0
+    if not status.is_file():
+        return since, latest
+    for line in status.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+        if rec.get("kind") != "status":
+            continue
+        latest = rec["uptime_s"]
+        if since is None and rec["streams"] and all(
+                s["written"] > 0 for s in rec["streams"].values()):
+            since = rec["uptime_s"]
+    return since, latest
+
+
+def run_until_measured(cmd: list[str], status: Path, needed_s: float,
+                       startup_timeout_s: float) -> str | None:
+    """Run ``monitor`` until frames have flowed ``needed_s`` seconds; None when they did."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    problem = None
+    try:
+        started = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                err = (proc.stderr.read() or "").strip().splitlines()
+                return f"monitor exited early ({proc.returncode}): {err[-1] if err else ''}"
+            since, latest = _flowing_since(status)
+            if since is not None and latest - since >= needed_s:
+                break
+            if since is None and time.monotonic() - started > startup_timeout_s:
+                problem = f"no frame written within {startup_timeout_s:g} s of starting"
+                break
+            time.sleep(0.5)  # polling a file another process appends to, not a peer
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    return problem
 
 
 def scaling_step(status_path: Path, n: int, warmup_s: float, target_fps: float
