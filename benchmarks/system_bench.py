@@ -359,7 +359,7 @@ def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s:
     """1, 2, 4, ... looping copies of ``clip`` through ``monitor`` until real time breaks.
 
     ``gimefive monitor`` runs as a subprocess (it owns its signal handlers) and is
-    stopped with SIGINT once frames have flowed for ``warmup_s + seconds``. A count is
+    stopped with SIGTERM once frames have flowed for ``warmup_s + seconds``. A count is
     sustained when every stream's written fps over the measured part is at least 95% of
     ``target_fps`` and at most 2% of its decoded frames were dropped.
     """
@@ -435,7 +435,7 @@ def run_until_measured(cmd: list[str], status: Path, needed_s: float,
             time.sleep(0.5)  # polling a file another process appends to, not a peer
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)  # monitor finalises on SIGTERM like Ctrl-C
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
