@@ -164,8 +164,11 @@ def charts(result: dict[str, Any], out: Path) -> list[str]:
             fps = [(r.get(key) or {}).get("fps", {}).get("median", 0) for r in inputs]
             recall = [(r.get(key) or {}).get("recall", 0) or 0 for r in inputs]
             xs = [i + k * width for i in range(len(inputs))]
-            axes[0].bar(xs, fps, width, label=label)
-            axes[1].bar(xs, [100 * v for v in recall], width, label=label)
+            bars = axes[0].bar(xs, fps, width, label=label)
+            axes[0].bar_label(bars, labels=[f"{v:.3g}" if v else "" for v in fps], fontsize=7)
+            bars = axes[1].bar(xs, [100 * v for v in recall], width, label=label)
+            axes[1].bar_label(bars, labels=[f"{100 * v:.0f}" if v else "" for v in recall],
+                              fontsize=7)
         for ax, title in ((axes[0], "frames/s (median, log scale)"),
                           (axes[1], "faces found, recall % at IoU 0.5")):
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(inputs))], names)
