@@ -117,21 +117,6 @@ def test_annotate_astronaut_end_to_end(tmp_path, clip, weights):
     assert (tmp_path / "out.mp4.config.yaml").is_file()
 
 
-def test_detect_every_and_cam_every(tmp_path, clip, weights):
-    path, truth = clip
-    jsonl = tmp_path / "faces.jsonl"
-    config = load_annotate_config(None, weights=str(weights), backend="torch", detect_every=3,
-                                  cam_every=2, classify_workers=2, classify_max_batch=4)
-    result = annotate_video(path, None, json_path=jsonl, config=config, progress=False)
-    lines = read_jsonl(jsonl)
-    assert [r["detected"] for r in lines] == [i % 3 == 0 for i in range(N)]
-    assert [r["faces"][0]["cam"] is not None for r in lines] == [i % 2 == 0 for i in range(N)]
-    for record, box in zip(lines, truth, strict=True):  # moved along between detections
-        (face,) = record["faces"]
-        assert box_iou(np.array([face["box"]]), box[None])[0, 0] > 0.5, record["frame"]
-    assert result.stages["detect"]["counters"]["detected_frames"] == 7
-
-
 def gimefive(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from gimefive.cli import main; main()",
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
