@@ -169,3 +169,34 @@ def test_parity_with_shipped_weights_on_real_faces(fer_data, layer, tmp_path):
     result = export_verified(shipped, tmp_path / f"shipped-{layer}.onnx", layer, faces=real)
     assert result.report["probs_max_abs_diff"] <= PROBS_TOL
     assert result.report["cam_max_abs_diff"] <= CAM_TOL
+
+
+def test_branch_signature_sees_relu_and_pool_flips():
+    from gimefive.export.boundaries import branch_signature
+
+    rng = np.random.default_rng(0)
+    z1, z2, logits = rng.normal(size=(2, 8)), rng.normal(size=(2, 4)), rng.normal(size=(2, 6))
+    bn4, bn5 = rng.normal(size=(2, 3, 8, 8)), rng.normal(size=(2, 5, 4, 4))
+    base = branch_signature(z1, z2, logits, bn4, bn5, "conv4", False)
+    flipped = z2.copy()
+    flipped[1, 0] = -flipped[1, 0]
+    other = branch_signature(z1, flipped, logits, bn4, bn5, "conv4", False)
+    assert (base != other).any(axis=1).tolist() == [False, True]
+    moved = bn4.copy()
+    moved[0, 0, :2, :2] = [[1.0, 2.0], [3.0, 4.0]]  # the window's argmax moves
+    moved2 = moved.copy()
+    moved2[0, 0, 0, 0] = 5.0
+    a = branch_signature(z1, z2, logits, moved, bn5, "conv4", False)
+    b = branch_signature(z1, z2, logits, moved2, bn5, "conv4", False)
+    assert (a != b).any(axis=1).tolist() == [True, False]
+    # conv5's channel weights only depend on whether a window passes gradient
+    a5 = branch_signature(z1, z2, logits, moved, bn5, "conv5", False)
+    b5 = branch_signature(z1, z2, logits, moved2, bn5, "conv5", False)
+    assert not (a5 != b5).any()
+
+
+def test_runtimes_rarely_sit_on_a_boundary(model, faces, conv5_onnx):
+    from gimefive.export.boundaries import boundary_faces
+
+    on_edge = boundary_faces(conv5_onnx.path, model, faces.x, "conv5", False)
+    assert on_edge.shape == (12,) and on_edge.sum() <= 1
