@@ -87,6 +87,9 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help=f"YAML config [default: {DEFAULT_CONFIG.name}].")
 @click.option("--config-json", default=None, hidden=True)
+@click.option("--backend", default=None, help="classify: engine [config default: auto].")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="classify: GiMeFive weights [default: shipped].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="annotate: also write JSON lines here.")
 @click.option("--cam-npz", type=click.Path(path_type=Path), default=None,
@@ -101,8 +104,8 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
                    "to connect) for tcp:// across hosts.")
 @click.option("--insecure", is_flag=True,
               help="Allow binding a non-loopback tcp:// address without CurveZMQ.")
-def stage_command(name, in_, out, config_path, config_json, json_path, cam_npz, audio_from,
-                  stream, control, gate, curve_keys, insecure):
+def stage_command(name, in_, out, config_path, config_json, backend, weights, json_path,
+                  cam_npz, audio_from, stream, control, gate, curve_keys, insecure):
     """Run one pipeline stage alone, e.g. on another host.
 
     Stages bind their input and connect their output. A two-host example:
@@ -119,10 +122,12 @@ def stage_command(name, in_, out, config_path, config_json, json_path, cam_npz, 
 
     from gimefive.config import from_dict
 
+    overrides = {"backend": backend, "weights": str(weights) if weights else None}
     if config_json:
-        config = from_dict(AnnotateConfig, json.loads(config_json), source="--config-json")
+        data = json.loads(config_json) | {k: v for k, v in overrides.items() if v is not None}
+        config = from_dict(AnnotateConfig, data, source="--config-json")
     else:
-        config = load_annotate_config(config_path)
+        config = load_annotate_config(config_path, **overrides)
     curve = CurveKeys.from_directory(curve_keys) if curve_keys else None
     run_stage(name, in_, out, config, control=control, curve=curve, insecure=insecure,
               json=json_path, cam_npz=cam_npz, audio_from=audio_from, stream=stream, gate=gate)
