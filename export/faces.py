@@ -73,21 +73,27 @@ def load_split(split: str, limit: int | None = None, seed: int = 0,
 
 
 def fallback_faces(n: int, seed: int = 0) -> FaceSet:
-    """The astronaut's face (plus shifted/scaled crops of it) and seeded noise crops."""
-    from skimage import data
+    """The astronaut's face (plus shifted/scaled crops of it) and seeded noise crops.
 
-    photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+    scikit-image (which ships the photo) is a dev dependency; without it, noise only.
+    """
+    try:
+        from skimage import data
+
+        photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+    except ImportError:
+        photo = None
     rng = np.random.default_rng(seed)
     crops = []
     for i in range(n):
-        if i % 2 == 0:  # the face sits around x 150..260, y 60..190
+        if i % 2 == 0 and photo is not None:  # the face sits around x 150..260, y 60..190
             d = int(rng.integers(-12, 13))
             s = int(rng.integers(100, 140))
             crops.append(photo[70 + d:70 + d + s, 150 + d:150 + d + s])
         else:
             crops.append(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8))
-    return FaceSet(preprocess_faces(crops), np.full(n, -1, np.int64),
-                   f"astronaut + synthetic ({n})")
+    what = "astronaut + synthetic" if photo is not None else "synthetic"
+    return FaceSet(preprocess_faces(crops), np.full(n, -1, np.int64), f"{what} ({n})")
 
 
 def verification_faces(n: int = 64, seed: int = 0) -> FaceSet:
