@@ -95,7 +95,7 @@ def main() -> int:
     p.add_argument("--weights", default=None,
                    help="default: the shipped weights if present, else random-init")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--warmup", type=float, default=45.0, help="seconds before 'start' RSS")
+    p.add_argument("--warmup", type=float, default=120.0, help="seconds before 'start' RSS")
     p.add_argument("--out", type=Path, default=Path("soak-out"))
     args = p.parse_args()
 
