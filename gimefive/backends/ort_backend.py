@@ -2,7 +2,9 @@
 
 Execution providers, best first among those installed: TensorRT, CUDA (both come with
 ``onnxruntime-gpu``, the ``gpu`` extra), then the CPU. ``precision="int8"`` runs the
-statically quantized graph (CPU; calibrated on training faces, CAM head in fp32).
+statically quantized graph (CPU; calibrated on training faces, CAM head in fp32):
+experimental, about 1.9x the faces per CPU second of fp32 but 5-6 points lower on
+RAF-DB test in benchmarks/backends_bench.py, so ``auto`` never picks it.
 When ``cam=False`` a second, probs-only graph runs, so skipping the CAM saves its cost.
 """
 
