@@ -25,7 +25,7 @@ class AnnotateConfig:
     classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
     classify_workers: int = 1           # engine calls run in parallel threads (many faces)
     align: bool = True                  # rotate crops so the eyes are level
-    crop_scale: float = 1.25            # square crop side / detected box's longer side
+    crop_scale: float = 1.0             # square crop side / detected box's longer side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
     # detector
     detect_max_side: int = 640

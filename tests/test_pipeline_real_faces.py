@@ -2,8 +2,11 @@
 
 Skipped where ../shared/data is absent. Six faces per frame, 60..114 px, moving; 120
 distinct faces over 40 frames (240 face instances). Checks detection recall, that the
-output keeps every frame and timestamp, and (with the shipped weights) that accuracy
-through the pipeline stays within 3 points of the model's accuracy on the crops.
+output keeps every frame and timestamp, and (with the shipped weights) how accuracy
+through the pipeline compares with the same model on the dataset's crops. Rendering the
+scene (resizing each crop, H.264) already costs the model a few points, measured here by
+cutting the true boxes out of the decoded frames; the test holds the pipeline to within
+1.5 points of that and within 3 points of the crops beyond that rendering loss.
 """
 
 from __future__ import annotations
@@ -102,13 +105,29 @@ def test_accuracy_matches_the_crops(scene, annotated, weights):
     from gimefive.backends import create_backend
     from gimefive.preprocess import preprocess_faces
 
-    _, truth, faces = scene
-    with create_backend("auto", weights=str(weights[0])) as backend:
-        crop_pred = backend(preprocess_faces([f[0] for f in faces]), cam=False)[0].argmax(1)
+    path, truth, faces = scene
     index = {f["id"]: f["source_index"] for f in truth["faces"]}
     rows = [r for r in matches(truth, annotated[1]) if r[2] is not None]
-    pipeline = np.mean([pred == label for _, label, pred in rows])
-    crops = np.mean([crop_pred[index[i]] == label for i, label, _ in rows])
-    print(f"accuracy through the pipeline {pipeline:.3f}, on the crops {crops:.3f} "
+    with av.open(str(path)) as c:
+        decoded = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    exact = []  # each detected face cut at its true box from the decoded frame
+    for image, frame in zip(decoded, truth["frames"], strict=True):
+        for (x1, y1, x2, y2), face_id in zip(frame["boxes"], frame["ids"], strict=True):
+            exact.append((face_id, image[y1:y2, x1:x2]))
+    found = {(i, k) for k, (i, _, p) in enumerate(matches(truth, annotated[1])) if p is not None}
+    with create_backend("auto", weights=str(weights[0])) as backend:
+        crop_pred = backend(preprocess_faces([f[0] for f in faces]), cam=False)[0].argmax(1)
+        exact_pred = backend(preprocess_faces([e[1] for k, e in enumerate(exact)
+                                               if (e[0], k) in found]), cam=False)[0].argmax(1)
+    labels = np.array([label for _, label, _ in rows])
+    pipeline = float(np.mean([pred == label for _, label, pred in rows]))
+    crops = float(np.mean([crop_pred[index[i]] == label for i, label, _ in rows]))
+    rendered = float(np.mean(exact_pred == labels))
+    print(f"accuracy through the pipeline {pipeline:.3f}; same model on the dataset crops "
+          f"{crops:.3f}, on the true boxes cut from the decoded video {rendered:.3f} "
           f"({len(rows)} detected face instances, weights {weights[0]})")
-    assert abs(pipeline - crops) <= 0.03, f"pipeline {pipeline:.3f} vs crops {crops:.3f}"
+    # Detection, cropping and batching may cost at most 1.5 points against perfect boxes
+    # on the same frames, and at most 3 points beyond what rendering the scene (resize,
+    # H.264) costs against the original crops.
+    assert pipeline >= rendered - 0.015, (pipeline, rendered)
+    assert crops - pipeline <= 0.03 + max(0.0, crops - rendered), (pipeline, crops, rendered)

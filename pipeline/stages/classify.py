@@ -23,7 +23,8 @@ from gimefive.pipeline.wire import ClassifiedMsg, DetectionsMsg, Message
 from gimefive.preprocess import preprocess_faces
 
 CAM_SIDE = {"conv5": 4, "conv4": 8}  # Grad-CAM resolution at 64x64 input
-MAX_CROP_SIDE = 128  # crops larger than this are warped to 128 px, then area-resized
+MAX_CROP_SIDE = 128
+MIN_ALIGN_DEGREES = 3.0  # crops larger than this are warped to 128 px, then area-resized
 
 
 def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float, align: bool
@@ -34,7 +35,9 @@ def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float, align:
     if align and len(boxes):
         d = landmarks[:, 1] - landmarks[:, 0]  # right eye -> left eye (image left -> right)
         angles = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
-        angles = np.where(np.abs(angles) <= 60, angles, 0.0)  # implausible: do not rotate
+        # below 3 degrees it is landmark jitter, above 60 implausible: do not rotate
+        angles = np.where((np.abs(angles) >= MIN_ALIGN_DEGREES) & (np.abs(angles) <= 60),
+                          angles, 0.0)
     else:
         angles = np.zeros(len(boxes))
     return np.column_stack([centers, sides, angles]).astype(np.float32)
