@@ -40,6 +40,23 @@ PROGRESS_EVERY_S = 0.5
 DRAIN_TIMEOUT_MS = 120_000
 
 
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` keeps the parent's peak across fork and exec
+    on Linux, so every stage would report the supervisor's; ``VmHWM`` belongs to the
+    process's current address space alone.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass  # not Linux: fall back to getrusage below
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 class Stage(ABC):
     """One step of the pipeline. Subclasses set ``name``/``accepts`` and implement process."""
 
@@ -167,7 +184,6 @@ class StageRunner:
         now = time.perf_counter()
         wall = now - self.started if self.started else 0.0
         cpu = time.process_time() - self.cpu_start if self.started else 0.0
-        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "frames_in": self.frames_in, "frames_out": self.frames_out,
             "malformed": self.receiver.malformed if self.receiver else 0,
@@ -177,7 +193,7 @@ class StageRunner:
             "first_at": time.time() - (now - self.started) if self.started else None,
             "last_at": time.time(),
             "blocked_s": self.sender.blocked_s if self.sender else 0.0,
-            "max_rss_mb": usage.ru_maxrss / 1024,
+            "max_rss_mb": peak_rss_mb(),
             "counters": dict(self.stage.counters), "timers": dict(self.stage.timers),
         }
 
