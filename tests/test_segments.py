@@ -93,7 +93,10 @@ WRITER_SCRIPT = textwrap.dedent("""
     def stop(signum, frame):
         raise SystemExit(0)
 
+    # explicit, as the monitor does: a process started in the background inherits
+    # SIGINT ignored, and then Ctrl-C would never reach it
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     writer = SegmentWriter(sys.argv[1], segment_s=2.0, fps=25)
     i = 0
     try:
@@ -111,14 +114,19 @@ def run_writer_until(tmp_path, frames: int, sig: signal.Signals) -> int:
     script.write_text(WRITER_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "live.mp4")],
                             stdout=subprocess.PIPE, text=True)
-    written = 0
-    for line in proc.stdout:
-        written = int(line)
-        if written >= frames:
-            proc.send_signal(sig)
-            break
-    rest = proc.stdout.read().split()
-    proc.wait(30)
+    watchdog = threading.Timer(120, proc.kill)  # a writer that ignores the signal fails,
+    watchdog.start()                            # it does not hang the suite
+    try:
+        written = 0
+        for line in proc.stdout:
+            written = int(line)
+            if written >= frames:
+                proc.send_signal(sig)
+                break
+        rest = proc.stdout.read().split()
+        proc.wait(30)
+    finally:
+        watchdog.cancel()
     return int(rest[-1]) if rest else written
 
 
