@@ -115,10 +115,11 @@ def weights(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
-    "known intermittent defect, issue 6 open: in one of three full-suite runs (29 Nov, "
-    "21:55 UTC, idle machine) camera cam0 logged 'lost (end of stream (server closed "
-    "it)); reconnecting' after the GStreamer server restart and never came back within "
-    "the test's window (reconnects 0), while the reader-level reconnect tests passed"))
+    "known defect, issue 6 open: passes under load but failed in both idle full-suite "
+    "runs of 29 Nov (21:52, 21:59 UTC): camera cam0 logged 'lost (end of stream (server "
+    "closed it)); reconnecting' after the GStreamer server restart and never came back "
+    "within the test's window (reconnects 0), while the reader-level reconnect tests "
+    "passed"))
 def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bgr):
     reason = server_unavailable_reason()
     if reason:
