@@ -18,7 +18,7 @@ import traceback
 from gimefive.pipeline.config import AnnotateConfig
 from gimefive.pipeline.live_stages import LiveAnnotateStage, LiveSourceStage
 from gimefive.pipeline.stage import StageRunner, Stopped
-from gimefive.pipeline.wire import control_message
+from gimefive.pipeline.wire import report_stage_error
 
 from gimefive.config import from_dict
 from gimefive.errors import GimefiveError
@@ -57,22 +57,6 @@ def build(args: argparse.Namespace) -> tuple[StageRunner, str]:
     return runner, stage.name
 
 
-def _report_error(control: str | None, name: str, message: str) -> None:
-    if not control:
-        return
-    import zmq
-
-    ctx = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(control)
-        sock.send(control_message(name, "error", message=message))
-        sock.close()
-    finally:
-        ctx.term()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -91,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
     print(f"{name}: {message}", file=sys.stderr)
-    _report_error(args.control, name, message)
+    report_stage_error(args.control, name, message)
     return 3
 
 

@@ -25,7 +25,12 @@ from gimefive.pipeline.probe import check_output, probe_input
 from gimefive.pipeline.stage import StageRunner, Stopped
 from gimefive.pipeline.stages import STAGES, stage_class
 from gimefive.pipeline.supervisor import StageProcess, Supervisor
-from gimefive.pipeline.wire import CurveKeys, control_message, ipc_endpoint, private_ipc_dir
+from gimefive.pipeline.wire import (
+    CurveKeys,
+    ipc_endpoint,
+    private_ipc_dir,
+    report_stage_error,
+)
 
 from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError, StageError
@@ -63,24 +68,8 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
 
             traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
-    _report_error(name, control, message)
+    report_stage_error(control, name, message)
     raise StageError(f"stage {name}: {message}")
-
-
-def _report_error(name: str, control: str | None, message: str) -> None:
-    if not control:
-        return
-    import zmq
-
-    ctx = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(control)
-        sock.send(control_message(name, "error", message=message))
-        sock.close()
-    finally:
-        ctx.term()
 
 
 # ------------------------------------------------------------------------ annotate job

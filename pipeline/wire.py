@@ -374,6 +374,24 @@ def control_message(stage: str, event: str, **data: Any) -> bytes:
                        "event": event, "data": data}).encode()
 
 
+def report_stage_error(control: str | None, stage: str, message: str) -> None:
+    """Send a stage's fatal error to its supervisor, so the run's one line can name it.
+
+    Uses a fresh context because it runs after the stage's own sockets are gone.
+    """
+    if not control:
+        return
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(control)
+        sock.send(control_message(stage, "error", message=message))
+        sock.close()
+    finally:
+        ctx.term()
+
+
 def parse_control(raw: bytes) -> dict:
     try:
         msg = json.loads(raw)
