@@ -21,6 +21,8 @@ from gimefive.errors import GimefiveError
 COMMANDS: dict[str, str] = {
     "train": "gimefive.train.cli:train_command",
     "eval": "gimefive.train.cli:eval_command",
+    "pack-data": "gimefive.train.pack:pack_command",
+    "unpack-data": "gimefive.train.pack:unpack_command",
     "export": "gimefive.export.cli:export_command",
     "explain": "gimefive.export.cli:explain_command",
     "annotate": "gimefive.pipeline.cli:annotate_command",
@@ -32,6 +34,8 @@ COMMANDS: dict[str, str] = {
 SHORT_HELP: dict[str, str] = {
     "train": "Train GiMeFive on an image folder + labels CSV.",
     "eval": "Accuracy, per-class recall, confusion matrix and per-image scores.",
+    "pack-data": "Pack a training split into one small file (to train elsewhere).",
+    "unpack-data": "Unpack a packed split into a folder + CSV for `gimefive train`.",
     "export": "Export the model to ONNX or TensorRT (probabilities + Grad-CAM).",
     "explain": "Scores CSV and Grad-CAM figures for images.",
     "annotate": "Annotate a video file: faces, emotions, Grad-CAM.",

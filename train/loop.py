@@ -35,6 +35,7 @@ from gimefive.train.data import (
     load_split,
     stratified_split,
 )
+from gimefive.train.device_augment import augment_batch
 from gimefive.train.evaluate import (
     autocast_context,
     choose_uncertain_threshold,
@@ -52,6 +53,8 @@ DEFAULT_CONFIG = CONFIG_DIR / "train_default.yaml"
 STATE_FILE, BEST_FILE, CONFIG_FILE = "state.pt", "best.safetensors", "config.yaml"
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")
+AUGMENT_ON = ("auto", "loader", "device")
+SYNC_EVERY = 50  # steps between reading the loss back from the device (each read syncs)
 
 
 @dataclass
@@ -82,6 +85,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = all cores
     num_workers: int = 0  # DataLoader workers (0 or 1 on a 2-core machine)
+    augment_on: str = "auto"  # loader: OpenCV per face; device: batched on the training
+    # device (train/device_augment.py); auto: device on CUDA, else loader
     eval_batch_size: int = 256
     checkpoint_minutes: float = 10.0
     cache_dir: str = "auto"  # auto: $GIMEFIVE_CACHE or ~/.cache/gimefive; "" disables
@@ -97,6 +102,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}"),
             (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
             (self.num_workers >= 0, "num_workers", "0 or more"),
+            (self.augment_on in AUGMENT_ON, "augment_on", f"one of {AUGMENT_ON}"),
             (self.epoch_images >= 0, "epoch_images", "0 or more"),
         ]
         for ok, key, expected in checks:
@@ -215,6 +221,8 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 64x64 shapes: pick the fastest
         self.precision = resolve_precision(config.precision, self.device)
         if self.precision == "bf16" and not bf16_is_fast(self.device):
             self.log("warning: this device has no native bf16; bf16 training will be slow")
@@ -243,6 +251,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(config, s, total, self.steps_per_epoch))
         self.dataset = FaceDataset(self.train_split, config.augment(), config.seed)
+        self.augment_on = config.augment_on
+        if self.augment_on == "auto":
+            self.augment_on = "device" if self.device.type == "cuda" else "loader"
+        if self.augment_on == "device":  # the whole uint8 split on the device (~4 KB a face)
+            self.device_images = torch.from_numpy(self.train_split.images).to(self.device)
+            self.device_labels = torch.from_numpy(self.train_split.labels).to(self.device)
         self.epoch, self.step_in_epoch = 0, 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self.best_acc, self.best_epoch, self.history = -1.0, 0, []
@@ -310,13 +324,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
 
-    def _train_epoch(self) -> None:
-        from tqdm import tqdm
-
+    def _batches(self, sampler: EpochSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised (augmented) input and labels, on the training device."""
         cfg = self.config
+        if self.augment_on == "device":
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(cfg.seed * 1_000_003 + self.epoch)
+            order = torch.from_numpy(sampler.order).to(self.device)
+            augment = cfg.augment()
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                yield augment_batch(self.device_images[idx], augment, generator), \
+                    self.device_labels[idx]
+            return
         self.dataset.set_epoch(self.epoch)
-        sampler = EpochSampler(len(self.dataset), cfg.seed, self.epoch,
-                               self.step_in_epoch * cfg.batch_size, self.epoch_images)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=cfg.batch_size,
                                              sampler=sampler, num_workers=cfg.num_workers,
                                              collate_fn=collate_faces,
@@ -324,46 +345,71 @@ class Trainer:
                                              # not draw from the global (dropout) RNG,
                                              # or a resumed run would diverge
                                              generator=torch.Generator().manual_seed(cfg.seed))
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _flush_running(self, sums: torch.Tensor) -> None:
+        """Move the on-device loss / correct sums into ``running`` (one sync, not per step)."""
+        loss_sum, correct = sums.tolist()
+        if not math.isfinite(loss_sum):
+            raise GimefiveError(f"training diverged at epoch {self.epoch + 1}, step "
+                                f"{self.step_in_epoch} (loss {loss_sum}); lower the lr")
+        self.running["loss"] += loss_sum
+        self.running["correct"] += int(correct)
+        sums.zero_()
+
+    def _train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        cfg = self.config
+        sampler = EpochSampler(len(self.train_split), cfg.seed, self.epoch,
+                               self.step_in_epoch * cfg.batch_size, self.epoch_images)
         self.model.train()
         last_save = time.monotonic()
         tty = sys.stderr.isatty()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+        bar = tqdm(desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    total=self.steps_per_epoch, initial=self.step_in_epoch,
                    disable=not self.progress, mininterval=1.0 if tty else 30.0,
-                   miniters=1, dynamic_ncols=True)
+                   dynamic_ncols=True)
         run = self.running
-        for x, y in bar:
-            started = time.perf_counter()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, correct
+        started = time.perf_counter()
+        for x, y in self._batches(sampler):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_context(self.device, self.precision):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise GimefiveError(f"training diverged at epoch {self.epoch + 1}, step "
-                                    f"{self.step_in_epoch} (loss {loss.item()}); lower the lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             self.step_in_epoch += 1
-            run["loss"] += loss.item() * len(y)
-            run["correct"] += int((logits.argmax(1) == y).sum())
+            sums += torch.stack([loss.detach().double() * len(y),
+                                 (logits.argmax(1) == y).sum().double()])
             run["seen"] += len(y)
-            run["seconds"] += time.perf_counter() - started
-            bar.set_postfix(loss=f"{run['loss'] / run['seen']:.3f}",
-                            acc=f"{run['correct'] / run['seen'] * 100:.1f}%",
-                            lr=f"{self.scheduler.get_last_lr()[0]:.2e}", refresh=False)
-            if self._stop_signal is not None:
+            bar.update(1)
+            stopping = self._stop_signal is not None
+            saving = time.monotonic() - last_save > cfg.checkpoint_minutes * 60
+            if stopping or saving or self.step_in_epoch % SYNC_EVERY == 0:
+                self._flush_running(sums)
+                run["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                bar.set_postfix(loss=f"{run['loss'] / run['seen']:.3f}",
+                                acc=f"{run['correct'] / run['seen'] * 100:.1f}%",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            if stopping:
                 bar.close()
                 self.save_state()
                 raise TrainingInterrupted(
                     f"interrupted ({self._stop_signal}) at epoch {self.epoch + 1}, step "
                     f"{self.step_in_epoch}; state saved in {self.out_dir}, rerun with --resume")
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+            if saving:
                 self.save_state()
                 last_save = time.monotonic()
+                started = time.perf_counter()
+        self._flush_running(sums)
+        run["seconds"] += time.perf_counter() - started
         bar.close()
 
     def _validate(self) -> tuple[dict, np.ndarray]:
