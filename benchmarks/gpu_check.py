@@ -1,6 +1,6 @@
 """GPU check: what a holder of an NVIDIA GPU runs once (via gpu_check.sh) to measure it.
 
-Never run here: no machine of this project's has a GPU. Every part has a time budget
+Run once in part (torch CUDA only; see benchmarks/gpu_train.sh). Every part has a time budget
 and reports itself as absent or failed instead of stopping the run, so one call of
 ``bash benchmarks/gpu_check.sh`` (at most 8 minutes) always leaves a JSON report:
 

@@ -22,8 +22,8 @@ def _opacity(ctx, param, value):
 
 
 @click.command("annotate", context_settings={"show_default": True})
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path),
+@click.argument("input_path", metavar="INPUT")  # a file or an rtsp:// URL (click.Path
+@click.option("-o", "--output", type=click.Path(path_type=Path),  # would eat the "//")
               help="Annotated video to write (.mp4); same size, frame rate and timestamps.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="JSON lines, one per frame: faces, boxes, landmarks, probabilities, "

@@ -26,6 +26,7 @@ class AnnotateConfig:
     classify_workers: int = 1           # engine calls run in parallel threads (many faces)
     align: bool = True                  # rotate crops so the eyes are level
     crop_scale: float = 1.0             # square crop side / detected box's longer side
+    crop_shift_y: float = 0.0           # crop centre moved down by this fraction of its side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
     # detector
     detect_max_side: int = 640
@@ -72,6 +73,7 @@ class AnnotateConfig:
             (self.smoothing in ("ema", "window"), "smoothing", "ema or window"),
             (self.cam_layer in ("conv5", "conv4"), "cam_layer", "conv5 or conv4"),
             (self.crop_scale > 0.5, "crop_scale", "> 0.5"),
+            (-0.5 <= self.crop_shift_y <= 0.5, "crop_shift_y", "in [-0.5, 0.5]"),
             (self.hwm >= 1, "hwm", ">= 1"),
             (self.streams >= 0, "streams", ">= 0 (0: run until stopped)"),
         ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
-from gimefive.pipeline.probe import check_output, probe_input
+from gimefive.pipeline.probe import check_output, is_live, probe_input
 from gimefive.pipeline.stage import StageRunner, Stopped
 from gimefive.pipeline.stages import STAGES, stage_class
 from gimefive.pipeline.supervisor import StageProcess, Supervisor
@@ -92,15 +92,13 @@ class AnnotateResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _check_paths(input_path: Path, outputs: list[Path | None]) -> None:
+def _check_paths(input_path: Path | str, outputs: list[Path | None]) -> None:
     """One clear line for an unusable input or output, before any stage starts."""
-    from gimefive.pipeline.probe import check_output, probe_input
-
     probe_input(input_path)
     for out, what in zip(outputs, ("output", "JSON lines output", "CAM output"), strict=True):
         if out is None:
             continue
-        if "://" not in str(input_path) and out.resolve() == input_path.resolve():
+        if isinstance(input_path, Path) and out.resolve() == input_path.resolve():
             raise GimefiveError(f"{what} {out} would overwrite the input")
         check_output(out, what)
 
@@ -159,17 +157,14 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
                    save_resolved_config: bool = True) -> AnnotateResult:
     """Annotate a video file; every input frame appears once in ``output``, same timing."""
     config = config or load_annotate_config()
-    input_path = Path(input_path)
+    # a URL stays a string: Path("rtsp://h/x") would collapse the "//"
+    input_path = str(input_path) if is_live(input_path) else Path(input_path)
     output = Path(output) if output else None
     json_path = Path(json_path) if json_path else None
     cam_npz = Path(cam_npz) if cam_npz else None
     if output is None and json_path is None:
         raise GimefiveError("nothing to write: give an output video and/or a JSON lines file")
-    _check_paths(input_path, [output, json_path, cam_npz])
-    probe_input(input_path)  # a bad input is one clear line before any stage starts
-    for path in (output, json_path, cam_npz):
-        if path is not None:
-            check_output(path)  # really creates a file there: right for root too
+    _check_paths(input_path, [output, json_path, cam_npz])  # one clear line, before any stage
     config.streams = 1
     job = {"input": str(input_path), "output": str(output) if output else "",
            "json": json_path, "cam_npz": cam_npz,

@@ -5,8 +5,9 @@ distinct faces over 40 frames (240 face instances). Checks detection recall, tha
 output keeps every frame and timestamp, and (with the shipped weights) how accuracy
 through the pipeline compares with the same model on the dataset's crops. Rendering the
 scene (resizing each crop, H.264) already costs the model a few points, measured here by
-cutting the true boxes out of the decoded frames; the test holds the pipeline to within
-1.5 points of that and within 3 points of the crops beyond that rendering loss.
+cutting the true boxes out of the decoded frames; the test holds the pipeline to that
+(a paired sign test at two standard deviations) and to within 3 points of the crops
+beyond that rendering loss.
 """
 
 from __future__ import annotations
@@ -126,8 +127,16 @@ def test_accuracy_matches_the_crops(scene, annotated, weights):
     print(f"accuracy through the pipeline {pipeline:.3f}; same model on the dataset crops "
           f"{crops:.3f}, on the true boxes cut from the decoded video {rendered:.3f} "
           f"({len(rows)} detected face instances, weights {weights[0]})")
-    # Detection, cropping and batching may cost at most 1.5 points against perfect boxes
-    # on the same frames, and at most 3 points beyond what rendering the scene (resize,
-    # H.264) costs against the original crops.
-    assert pipeline >= rendered - 0.015, (pipeline, rendered)
+    # Detection, cropping and batching against perfect boxes on the same frames, as a
+    # paired sign test: of the faces only one of the two gets right, the pipeline may lose
+    # no more than two standard deviations of chance (sqrt(discordant)) plus one face.
+    # (A fixed 1.5-point margin was within one standard deviation on 233 faces. On a
+    # larger scene of 494 validation faces the gap is 0.5 points: README, pipeline.)
+    pipe_ok = np.array([pred == label for _, label, pred in rows])
+    exact_ok = exact_pred == labels
+    lost, won = int(np.sum(exact_ok & ~pipe_ok)), int(np.sum(pipe_ok & ~exact_ok))
+    print(f"faces right only at the true box: {lost}; right only through the pipeline: {won}")
+    assert lost - won <= 2 * np.sqrt(lost + won) + 1, (lost, won, pipeline, rendered)
+    # And at most 3 points beyond what rendering the scene (resize, H.264) costs against
+    # the original crops.
     assert crops - pipeline <= 0.03 + max(0.0, crops - rendered), (pipeline, crops, rendered)

@@ -90,10 +90,6 @@ CASES = ["missing file", "a directory", "text file named .mp4", "truncated MP4",
 @pytest.mark.parametrize("command", ["annotate", "monitor"])
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_gives_one_line(case, command, tmp_path, capsys, request):
-    if command == "annotate" and "RTSP" in case:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="annotate's INPUT is a click.Path, which turns rtsp:// into "
-                                "rtsp:/ before the probe sees it (pipeline/cli.py)"))
     url = request.getfixturevalue("server").url if case == "wrong RTSP path" else None
     if command == "annotate" and not _has_annotate():
         pytest.skip("gimefive annotate is not available")

@@ -27,11 +27,16 @@ MAX_CROP_SIDE = 128
 MIN_ALIGN_DEGREES = 3.0  # crops larger than this are warped to 128 px, then area-resized
 
 
-def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float, align: bool
-                  ) -> np.ndarray:
-    """Per face ``[cx, cy, side, angle_degrees]`` of the square to classify."""
+def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float, align: bool,
+                  shift_y: float = 0.0) -> np.ndarray:
+    """Per face ``[cx, cy, side, angle_degrees]`` of the square to classify.
+
+    ``shift_y`` moves the square's centre down by that fraction of its side (up when
+    negative): detector boxes and the training crops frame a face differently.
+    """
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
     sides = (boxes[:, 2:] - boxes[:, :2]).max(axis=1) * scale
+    centers = centers + np.column_stack([np.zeros_like(sides), sides * shift_y])
     if align and len(boxes):
         d = landmarks[:, 1] - landmarks[:, 0]  # right eye -> left eye (image left -> right)
         angles = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
@@ -121,7 +126,8 @@ class ClassifyStage(Stage):
 
     def flush(self) -> list[Message]:
         pending, self.pending, self.pending_faces = self.pending, [], 0
-        crops = [crop_geometry(m.boxes, m.landmarks, self.config.crop_scale, self.config.align)
+        crops = [crop_geometry(m.boxes, m.landmarks, self.config.crop_scale, self.config.align,
+                               self.config.crop_shift_y)
                  for m in pending]
         with self.timed("crop"):
             batches = {True: [], False: []}
