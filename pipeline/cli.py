@@ -39,6 +39,8 @@ def _opacity(ctx, param, value):
 @click.option("--cam-every", type=int, callback=_positive, default=None,
               help="Grad-CAM on every Nth frame; probabilities on all [config: 1].")
 @click.option("--no-cam", is_flag=True, help="No Grad-CAM at all (faster).")
+@click.option("--landmarks68", is_flag=True, default=None,
+              help="Also draw and write dlib's 68 landmarks (extra: gimefive[landmarks68]).")
 @click.option("--cam-opacity", type=float, callback=_opacity, default=None,
               help="Opacity of the Grad-CAM overlay inside each box, 0..1 [config: 0.45].")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
@@ -47,7 +49,8 @@ def _opacity(ctx, param, value):
               help="Write the run summary (per-stage fps, CPU, timings) as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def annotate_command(input_path, output, json_path, cam_npz, backend, weights, detect_every,
-                     cam_every, no_cam, cam_opacity, config_path, summary_path, quiet):
+                     cam_every, no_cam, landmarks68, cam_opacity, config_path, summary_path,
+                     quiet):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -64,7 +67,7 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
     config = load_annotate_config(
         config_path, backend=backend, weights=str(weights) if weights else None,
         detect_every=detect_every, cam_every=cam_every, cam_opacity=cam_opacity,
-        cam=False if no_cam else None)
+        cam=False if no_cam else None, landmarks68=landmarks68)
     result = annotate_video(input_path, output, json_path=json_path, cam_npz=cam_npz,
                             config=config, progress=not quiet)
     if summary_path is not None:

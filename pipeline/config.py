@@ -48,6 +48,7 @@ class AnnotateConfig:
     cam_opacity: float = 0.45
     draw_bars: bool = True
     draw_landmarks: bool = True
+    landmarks68: bool = False           # dlib's 68 points too (extra: gimefive[landmarks68])
     # encoding
     codec: str = "libx264"              # falls back to mpeg4 when absent
     crf: int = 20

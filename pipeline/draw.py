@@ -15,6 +15,7 @@ COLORS = [(0, 215, 255), (255, 191, 0), (160, 80, 40), (40, 40, 230), (60, 160, 
           (200, 60, 200)]
 UNCERTAIN_COLOR = (170, 170, 170)
 LANDMARK_COLORS = [(0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0)]
+LANDMARK68_COLOR = (255, 255, 255)  # the 68 points: small white dots under the 5
 CAM_SIZE = 48  # the 4x4 / 8x8 map is smoothed to this many pixels before warping
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -65,6 +66,10 @@ def draw_faces(image: np.ndarray, msg: TrackedMsg, draw_cam: bool = True,
         name = UNCERTAIN if uncertain else EMOTIONS[label]
         text = f"#{int(msg.track_ids[i])} {name} {msg.smoothed[i, label]:.0%}"
         _label(image, text, p1, color, scale)
+        if landmarks and msg.landmarks68 is not None:
+            for x, y in msg.landmarks68[i]:
+                cv2.circle(image, (int(x), int(y)), max(1, thick - 1), LANDMARK68_COLOR, -1,
+                           cv2.LINE_AA)
         if landmarks:
             for (x, y), c in zip(msg.landmarks[i], LANDMARK_COLORS, strict=True):
                 cv2.circle(image, (int(x), int(y)), thick + 1, c, -1, cv2.LINE_AA)

@@ -165,6 +165,11 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     if output is None and json_path is None:
         raise GimefiveError("nothing to write: give an output video and/or a JSON lines file")
     _check_paths(input_path, [output, json_path, cam_npz])  # one clear line, before any stage
+    if config.landmarks68:
+        from gimefive.landmarks68 import unavailable_reason
+
+        if reason := unavailable_reason():
+            raise GimefiveError(reason)
     config.streams = 1
     job = {"input": str(input_path), "output": str(output) if output else "",
            "json": json_path, "cam_npz": cam_npz,

@@ -183,6 +183,9 @@ def frame_record(msg: TrackedMsg) -> dict[str, Any]:
             "uncertain": bool(msg.uncertain[i]),
             "cam": cam_summary(msg, i),
         })
+        if msg.landmarks68 is not None:
+            faces[-1]["landmarks68"] = [[round(float(x), 1), round(float(y), 1)]
+                                        for x, y in msg.landmarks68[i]]
     pts = msg.pts_seconds
     return {"stream": msg.stream, "frame": msg.index,
             "pts": None if pts is None else round(pts, 6), "detected": msg.detected,

@@ -250,11 +250,13 @@ class TrackedMsg(ClassifiedMsg):
         "smoothed": ("float32", ("K", 6), False),
         "labels": ("int64", ("K",), False),
         "uncertain": ("bool", ("K",), False),
+        "landmarks68": ("float32", ("K", 68, 2), True),
     }
     track_ids: np.ndarray
     smoothed: np.ndarray
     labels: np.ndarray
     uncertain: np.ndarray
+    landmarks68: np.ndarray | None = None  # set by the annotate stage when asked for
 
 
 @dataclass(kw_only=True)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs: the CPU torch wheel first (pip finds it on disk,
-# so the multi-GB CUDA build is never fetched), then the package with its dev extra,
+# so the multi-GB CUDA build is never fetched), then the package with its dev and
+# landmarks68 extras (dlib-bin and the 68-point predictor, about 100 MB),
 # then the system tools the RTSP tests use (skipped where apt-get is absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[dev]'
+python -m pip install -q -e '.[dev,landmarks68]'
 # RTSP test server (GStreamer, system python3-gi) and ffmpeg/ffprobe for the live tests;
 # only as root with apt-get (CI runs as root); the tests skip with a reason without them.
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

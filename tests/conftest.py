@@ -24,3 +24,52 @@ def astronaut_bgr() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+# ----------------------------------------------------------------------------- hygiene
+# A test that leaves a stage, server or encoder process running slows down or hangs every
+# test after it (2 cores). After each test, any descendant process still alive is killed
+# and named in a warning, so the culprit shows up in the summary instead of a CI timeout.
+_KEEP = ("resource_tracker", "forkserver")
+
+
+def _descendants(root: int) -> list[tuple[int, str]]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(stat.parent.name))
+    found, stack = [], [root]
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            try:
+                cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            found.append((pid, cmd.decode(errors="replace").strip()))
+            stack.append(pid)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    yield
+    if not Path("/proc/self/stat").exists():
+        return
+    import os
+    import signal
+    import warnings
+
+    leftovers = [(pid, cmd) for pid, cmd in _descendants(os.getpid())
+                 if not any(k in cmd for k in _KEEP)]
+    for pid, _ in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if leftovers:
+        warnings.warn(f"test left {len(leftovers)} process(es) running, killed: "
+                      + "; ".join(f"{pid} {cmd[:120]}" for pid, cmd in leftovers), stacklevel=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -42,6 +43,11 @@ class AnnotateStage(Stage):
                                 "--json FILE)")
         self.draw = any(s.needs_image for s in self.sinks)
         self.latencies: list[float] = []
+        self.landmarks68 = None
+        if self.config.landmarks68:
+            from gimefive.landmarks68 import Landmarks68
+
+            self.landmarks68 = Landmarks68()
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -50,6 +56,10 @@ class AnnotateStage(Stage):
         return out
 
     def process(self, msg: TrackedMsg) -> list[Message]:
+        if self.landmarks68 is not None and len(msg.boxes):
+            with self.timed("landmarks68"):
+                msg = dataclasses.replace(msg, landmarks68=self.landmarks68(msg.image,
+                                                                            msg.boxes))
         image = None
         if self.draw:
             with self.timed("draw"):
