@@ -30,6 +30,7 @@ from gimefive.pipeline.wire import (
     Sender,
     control_message,
     open_socket,
+    peer_monitor,
 )
 
 from gimefive.errors import GimefiveError
@@ -148,8 +149,10 @@ class StageRunner:
                 sock = self._open(zmq.PULL, in_endpoint, bind_input, hwm, curve, insecure)
                 self.receiver = Receiver(sock, (*stage.accepts, EndOfStream))
             if stage.has_output:
-                sock = self._open(zmq.PUSH, out_endpoint, not bind_input, hwm, curve, insecure)
-                self.sender = Sender(sock)
+                monitors: list[zmq.Socket] = []
+                sock = self._open(zmq.PUSH, out_endpoint, not bind_input, hwm, curve, insecure,
+                                  before_connect=lambda s: monitors.append(peer_monitor(s)))
+                self.sender = Sender(sock, monitors[0])
             if control_endpoint:
                 self.control = self._open(zmq.PUSH, control_endpoint, False, 1000, None, False)
             self.gate = self._open(zmq.PULL, gate_endpoint, True, 1, None, False) \
@@ -163,12 +166,13 @@ class StageRunner:
         self.busy_s = 0.0
         self.last_progress = 0.0
 
-    def _open(self, kind, endpoint, bind, hwm, curve, insecure) -> zmq.Socket:
+    def _open(self, kind, endpoint, bind, hwm, curve, insecure,
+              before_connect=None) -> zmq.Socket:
         if not endpoint:
             raise GimefiveError(f"stage {self.stage.name}: needs an "
                                 f"{'input' if kind == zmq.PULL else 'output'} endpoint")
         sock = open_socket(self.ctx, kind, endpoint, bind=bind, hwm=hwm, curve=curve,
-                           insecure=insecure)
+                           insecure=insecure, before_connect=before_connect)
         self.sockets.append(sock)
         return sock
 
@@ -287,6 +291,10 @@ class StageRunner:
             self._timed_emit(lambda m=msg: stage.process(m))
 
     def close(self) -> None:
+        if self.sender is not None:
+            if self.drain:  # the end-of-stream is sent: keep it until the next stage leaves
+                self.sender.wait_for_peers_to_leave(DRAIN_TIMEOUT_MS / 1000)
+            self.sender.close_monitor()
         for sock in self.sockets:
             keep = self.drain and (sock is getattr(self.sender, "sock", None)
                                    or sock is self.control)

@@ -53,7 +53,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -461,8 +461,13 @@ def check_endpoint(endpoint: str) -> str:
 
 def open_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
                 hwm: int = DEFAULT_HWM, curve: CurveKeys | None = None,
-                insecure: bool = False) -> zmq.Socket:
-    """A socket with linger 0 and bounded queues, bound or connected to ``endpoint``."""
+                insecure: bool = False,
+                before_connect: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+    """A socket with linger 0 and bounded queues, bound or connected to ``endpoint``.
+
+    ``before_connect`` runs on the socket just before it binds or connects (to attach a
+    monitor that must see the first connection).
+    """
     check_endpoint(endpoint)
     if bind and not is_loopback_or_ipc(endpoint) and curve is None and not insecure:
         raise GimefiveError(f"refusing to bind {endpoint} without encryption: pass CurveZMQ "
@@ -483,6 +488,8 @@ def open_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
             public, secret = zmq.curve_keypair()
             sock.curve_serverkey = curve.server_public
             sock.curve_publickey, sock.curve_secretkey = public, secret
+    if before_connect is not None:
+        before_connect(sock)
     try:
         (sock.bind if bind else sock.connect)(endpoint)
     except zmq.ZMQError as exc:
@@ -521,12 +528,46 @@ class Receiver:
 
 
 class Sender:
-    """A PUSH socket; :meth:`send` blocks while the peer's queue is full (lossless)."""
+    """A PUSH socket; :meth:`send` blocks while the peer's queue is full (lossless).
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    ``monitor`` (from :func:`peer_monitor`) lets :meth:`wait_for_peers_to_leave` hold the
+    socket open after the end-of-stream until the receiving stage has gone.
+    """
+
+    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None = None) -> None:
         self.sock = sock
+        self.monitor = monitor
+        self.peers = 0  # connections now up, from the monitor's events
         self.sent = 0
         self.blocked_s = 0.0
+
+    def _read_events(self, timeout_ms: int) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor is not None and self.monitor.poll(timeout_ms):
+            event = recv_monitor_message(self.monitor)["event"]
+            self.peers += {zmq.EVENT_CONNECTED: 1, zmq.EVENT_DISCONNECTED: -1}.get(event, 0)
+            timeout_ms = 0
+
+    def wait_for_peers_to_leave(self, timeout_s: float) -> bool:
+        """After the last message: wait until every peer has disconnected (it read all and
+        closed), at most ``timeout_s``; True if they did.
+
+        libzmq can drop the last messages of a PUSH socket that is closed while its peer's
+        queue is full, linger or not (a lost end-of-stream hung whole runs, at random);
+        a socket kept open until the peer leaves cannot lose them.
+        """
+        deadline = time.monotonic() + timeout_s
+        self._read_events(0)
+        while self.peers > 0 and time.monotonic() < deadline:
+            self._read_events(int(min(200, max(1, (deadline - time.monotonic()) * 1000))))
+        return self.peers <= 0
+
+    def close_monitor(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(0)
+            self.monitor = None
 
     def send(self, msg: Message) -> None:
         parts = msg.encode()
@@ -537,6 +578,11 @@ class Sender:
             self.sock.send_multipart(parts, copy=False)
             self.blocked_s += time.perf_counter() - start
         self.sent += 1
+
+
+def peer_monitor(sock: zmq.Socket) -> zmq.Socket:
+    """A monitor of ``sock``'s connections (attach it before connecting: ``before_connect``)."""
+    return sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
 
 
 @contextlib.contextmanager

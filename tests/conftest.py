@@ -28,9 +28,13 @@ def astronaut_bgr() -> np.ndarray:
 
 # ----------------------------------------------------------------------------- hygiene
 # A test that leaves a stage, server or encoder process running slows down or hangs every
-# test after it (2 cores). After each test, any descendant process still alive is killed
-# and named in a warning, so the culprit shows up in the summary instead of a CI timeout.
-_KEEP = ("resource_tracker", "forkserver")
+# test after it (2 cores). After each test, any descendant process started during it and
+# still alive is killed and named in a warning, so the culprit shows up in the summary
+# instead of a CI timeout. Processes of module- and session-scoped fixtures (set up before
+# this function-scoped fixture) are left alone.
+# Also spared: the RTSP test servers, which module-scoped fixtures may start lazily inside
+# a test (request.getfixturevalue) and which their fixtures always stop.
+_KEEP = ("resource_tracker", "forkserver", "rtsp_server.py", "rtsp-server-perl")
 
 
 def _descendants(root: int) -> list[tuple[int, str]]:
@@ -56,15 +60,17 @@ def _descendants(root: int) -> list[tuple[int, str]]:
 
 @pytest.fixture(autouse=True)
 def _no_leftover_processes():
-    yield
-    if not Path("/proc/self/stat").exists():
-        return
     import os
     import signal
     import warnings
 
+    if not Path("/proc/self/stat").exists():
+        yield
+        return
+    before = {pid for pid, _ in _descendants(os.getpid())}
+    yield
     leftovers = [(pid, cmd) for pid, cmd in _descendants(os.getpid())
-                 if not any(k in cmd for k in _KEEP)]
+                 if pid not in before and not any(k in cmd for k in _KEEP)]
     for pid, _ in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)
