@@ -14,6 +14,7 @@ import json
 import re
 import stat
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,20 @@ def test_running_stage_counts_garbage_and_keeps_going():
     ctx = zmq.Context()
     with private_ipc_dir() as d:
         in_ep, out_ep = f"ipc://{d}/in.sock", f"ipc://{d}/out.sock"
-        sink = open_socket(ctx, zmq.PULL, out_ep, bind=True, hwm=100)
+        received = []
+
+        def next_stage():  # reads to the end-of-stream, then leaves, as a real stage does
+            sink = open_socket(ctx, zmq.PULL, out_ep, bind=True, hwm=100)
+            try:
+                while sink.poll(10_000):
+                    received.append(decode(sink.recv_multipart()))
+                    if received[-1].KIND == "eos":
+                        break
+            finally:
+                sink.close(0)
+
+        reader = threading.Thread(target=next_stage)
+        reader.start()
         config = AnnotateConfig(streams=1)
         runner = StageRunner(TrackStage(config), in_ep, out_ep)
         push = open_socket(ctx, zmq.PUSH, in_ep, bind=False, hwm=100)
@@ -216,14 +230,14 @@ def test_running_stage_counts_garbage_and_keeps_going():
 
         feeder = threading.Thread(target=feed)
         feeder.start()
+        started = time.monotonic()
         stats = runner.run()
         feeder.join(10)
-        received = []
-        while sink.poll(500):
-            received.append(decode(sink.recv_multipart()))
+        reader.join(10)
         push.close(0)
-        sink.close(0)
     ctx.term()
+    # the stage waited for the next stage to leave, not for the 120 s drain timeout
+    assert time.monotonic() - started < 60
     assert stats["malformed"] == 3 * len(garbage)
     assert stats["frames_in"] == 3 and stats["frames_out"] == 3
     assert [m.KIND for m in received] == ["tracked"] * 3 + ["eos"]
