@@ -1,6 +1,6 @@
 """GPU check: what a holder of an NVIDIA GPU runs once (via gpu_check.sh) to measure it.
 
-Run once in part (torch CUDA only; see benchmarks/gpu_train.sh). Every part has a time budget
+Run on an H200 (benchmarks/results/gpu_check/). Every part has a time budget
 and reports itself as absent or failed instead of stopping the run, so one call of
 ``bash benchmarks/gpu_check.sh`` (at most 8 minutes) always leaves a JSON report:
 

@@ -6,9 +6,9 @@
 # backend where installed (reported absent otherwise); detector fps; annotate fps on a
 # generated 1080p clip. See benchmarks/gpu_check.py.
 #
-# Run once, in part: benchmarks/gpu_train.sh calls gpu_check.py on an H200 whose image
-# lacked PyAV and onnxruntime-gpu, so only the torch CUDA parts measured (README,
-# results; benchmarks/results/gpu_train/). It fails early and clearly without a GPU (exit 3).
+# Run on an H200 on 30 Nov 2026 (benchmarks/results/gpu_check/, README results): every
+# part except onnxruntime-gpu and TensorRT, which that image lacked (reported absent).
+# It fails early and clearly without a GPU (exit 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
