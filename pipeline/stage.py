@@ -150,8 +150,14 @@ class StageRunner:
                 self.receiver = Receiver(sock, (*stage.accepts, EndOfStream))
             if stage.has_output:
                 monitors: list[zmq.Socket] = []
-                sock = self._open(zmq.PUSH, out_endpoint, not bind_input, hwm, curve, insecure,
-                                  before_connect=lambda s: monitors.append(peer_monitor(s)))
+                try:
+                    sock = self._open(zmq.PUSH, out_endpoint, not bind_input, hwm, curve,
+                                      insecure,
+                                      before_connect=lambda s: monitors.append(peer_monitor(s)))
+                except BaseException:
+                    for monitor in monitors:  # an open monitor would block ctx.term()
+                        monitor.close(0)
+                    raise
                 self.sender = Sender(sock, monitors[0])
             if control_endpoint:
                 self.control = self._open(zmq.PUSH, control_endpoint, False, 1000, None, False)

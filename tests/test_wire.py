@@ -21,6 +21,8 @@ from gimefive.pipeline.wire import (
     private_ipc_dir,
 )
 
+from gimefive.errors import GimefiveError
+
 RNG = np.random.default_rng(0)
 FRAME = dict(stream="cam-1", index=7, pts=3584, time_base=[1, 12800], rate=[25, 1],
              t_decoded=123.5, extra={"dropped": 2})
@@ -169,3 +171,29 @@ def test_private_ipc_dir_is_0700_and_removed():
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert ipc_endpoint(directory, "x").startswith("ipc://")
     assert not directory.exists()
+
+
+def test_stage_with_unusable_output_endpoint_fails_without_hanging():
+    """The output socket's connection monitor must be closed when the connect fails,
+    or the context's term() waits for ever (it did, before the fix)."""
+    import threading
+
+    from gimefive.pipeline.config import AnnotateConfig
+    from gimefive.pipeline.stage import StageRunner
+    from gimefive.pipeline.stages.track import TrackStage
+
+    errors: list[str] = []
+
+    def build() -> None:
+        with private_ipc_dir() as d:
+            try:
+                StageRunner(TrackStage(AnnotateConfig(streams=1)), f"ipc://{d}/in.sock",
+                            "tcp://no such host:1")
+            except GimefiveError as exc:
+                errors.append(str(exc))
+
+    worker = threading.Thread(target=build, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "StageRunner hung on a failed connect"
+    assert errors and errors[0].startswith("cannot connect tcp://no such host:1")
