@@ -17,9 +17,10 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 INPUT_SIZE = 64
 
-# out[c] = gray * SCALE[c] + OFFSET[c]  ==  (gray / 255 - mean[c]) / std[c]
-_SCALE = (1.0 / (255.0 * IMAGENET_STD)).reshape(1, 3, 1, 1)
-_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).reshape(1, 3, 1, 1)
+# out[c] = gray * GRAY_SCALE[c] + GRAY_OFFSET[c]  ==  (gray / 255 - mean[c]) / std[c]
+# (also used by the batched torch path, train/device_augment.py)
+GRAY_SCALE = (1.0 / (255.0 * IMAGENET_STD)).reshape(1, 3, 1, 1)
+GRAY_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).reshape(1, 3, 1, 1)
 _TO_GRAY = {"bgr": cv2.COLOR_BGR2GRAY, "rgb": cv2.COLOR_RGB2GRAY}
 
 
@@ -52,7 +53,7 @@ def to_gray64(face: np.ndarray, color: str = "bgr", size: int = INPUT_SIZE) -> n
 def normalize_gray(gray: np.ndarray) -> np.ndarray:
     """uint8 gray batch [N,H,W] to the float32 NCHW network input [N,3,H,W]."""
     g = gray.astype(np.float32)[:, None, :, :]
-    return g * _SCALE + _OFFSET
+    return g * GRAY_SCALE + GRAY_OFFSET
 
 
 def preprocess_faces(faces: np.ndarray | Sequence[np.ndarray], color: str = "bgr",

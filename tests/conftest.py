@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import descendants
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "fer-gimefive"
@@ -37,27 +38,6 @@ def astronaut_bgr() -> np.ndarray:
 _KEEP = ("resource_tracker", "forkserver", "rtsp_server.py", "rtsp-server-perl")
 
 
-def _descendants(root: int) -> list[tuple[int, str]]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
-        if state != "Z":
-            children.setdefault(int(ppid), []).append(int(stat.parent.name))
-    found, stack = [], [root]
-    while stack:
-        for pid in children.get(stack.pop(), []):
-            try:
-                cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            found.append((pid, cmd.decode(errors="replace").strip()))
-            stack.append(pid)
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _no_leftover_processes():
     import os
@@ -67,10 +47,10 @@ def _no_leftover_processes():
     if not Path("/proc/self/stat").exists():
         yield
         return
-    before = {pid for pid, _ in _descendants(os.getpid())}
+    before = set(descendants(os.getpid()))
     yield
-    leftovers = [(pid, cmd) for pid, cmd in _descendants(os.getpid())
-                 if pid not in before and not any(k in cmd for k in _KEEP)]
+    leftovers = [(pid, " ".join(argv)) for pid, argv in descendants(os.getpid()).items()
+                 if pid not in before and not any(k in " ".join(argv) for k in _KEEP)]
     for pid, _ in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pytest
+from procs import child_processes
 from rtsp_server import RtspServer, free_port, server_unavailable_reason
 
 from gimefive.cli import main
@@ -83,21 +83,8 @@ def test_nothing_to_write_is_a_usage_error(capsys):
 # ------------------------------------------------------------------------- live, end to end
 def stage_pids(parent: int) -> dict[str, int]:
     """Stage processes started by ``parent`` (matched by parent pid, never by name alone)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            args = (entry / "cmdline").read_text().split("\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) != parent or len(args) < 4:
-            continue
-        if args[2].startswith("gimefive.pipeline."):
-            name = args[3] if args[3] != "source" else "source"
-            found[name] = int(entry.name)
-    return found
+    return {args[3]: pid for pid, args in child_processes(parent).items()
+            if len(args) >= 4 and args[2].startswith("gimefive.pipeline.")}
 
 
 @pytest.fixture(scope="module")

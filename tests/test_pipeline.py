@@ -18,6 +18,7 @@ import pytest
 import torch
 from gimefive.pipeline.config import load_annotate_config
 from gimefive.pipeline.run import annotate_video
+from procs import child_processes
 
 from gimefive.checkpoint import save_weights
 from gimefive.detector import box_iou
@@ -135,27 +136,13 @@ def test_stage_error_fails_the_run_with_one_line(tmp_path, clip):
                            f"weights"), line
 
 
-def _children(pid: int) -> dict[int, str]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat_line = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
-                found[int(entry.name)] = cmd
-    return found
-
-
 def test_a_killed_stage_fails_the_run_and_sockets_are_removed(tmp_path, clip, weights):
     proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o.mp4"), "--weights",
                     str(weights), "--backend", "torch", "-q")
     victim, deadline = None, time.monotonic() + 60
     while victim is None and time.monotonic() < deadline:
-        victim = next(((p, c) for p, c in _children(proc.pid).items()
-                       if "stage_main detect" in c), None)
+        victim = next(((p, " ".join(argv)) for p, argv in child_processes(proc.pid).items()
+                       if "stage_main detect" in " ".join(argv)), None)
         time.sleep(0.05)
     assert victim is not None, "the detect stage never started"
     pid, cmd = victim

@@ -13,13 +13,14 @@ rest of that epoch (the faces and their order are still the same).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from gimefive.train.data import Augment
 
-from gimefive.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from gimefive.preprocess import GRAY_OFFSET, GRAY_SCALE
 
 
 def _uniform(n: int, limit: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -46,10 +47,15 @@ def affine_thetas(n: int, size: int, augment: Augment, generator: torch.Generato
     return theta
 
 
+@functools.cache
+def _gray_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # made once per device: a fresh host-to-GPU copy every batch would stall the step
+    return (torch.from_numpy(GRAY_SCALE).to(device), torch.from_numpy(GRAY_OFFSET).to(device))
+
+
 def normalize_gray_tensor(gray: torch.Tensor) -> torch.Tensor:
     """Float gray [N,1,H,W] in 0..255 to the network input [N,3,H,W] (ImageNet mean/std)."""
-    scale = torch.as_tensor(1.0 / (255.0 * IMAGENET_STD), device=gray.device).view(1, 3, 1, 1)
-    offset = torch.as_tensor(-IMAGENET_MEAN / IMAGENET_STD, device=gray.device).view(1, 3, 1, 1)
+    scale, offset = _gray_affine(gray.device)
     return gray * scale + offset
 
 

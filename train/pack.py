@@ -4,8 +4,8 @@ The aggregate train split is 55,072 JPEG files (about 108 MB of colour JPEGs). T
 network only ever sees each face as a 64x64 gray uint8 image, so a pack stores exactly
 those images, tiled 16 x 16 into 1024 x 1024 gray mosaics and JPEG-compressed: tiles
 sit on the 8x8 DCT grid (64 is a multiple of 8), so faces never bleed into each other,
-and one JPEG header serves 256 faces. Quality 92 gives about 51 MB with a mean absolute
-error under one gray level (``pack`` prints the measured error).
+and one JPEG header serves 256 faces. On the 55,072-face aggregate train split, quality
+88 gave 57.8 MB with a mean absolute error of 1.21 gray levels (``pack`` prints both).
 
 ``unpack`` writes every face back as a lossless PNG under its original file name, next
 to a byte-identical copy of the labels CSV, so ``gimefive train --data-dir`` reads it
