@@ -1,4 +1,4 @@
-"""How the pipeline's crop framing (crop_scale, crop_shift_y) costs accuracy, measured on
+"""How the pipeline's crop framing (align, crop_scale, crop_shift_y) costs accuracy, measured on
 faces the shipped model never trained on and that are not test faces: the RAF-DB part of
 the shipped run's validation carve-out (stratified 5% of train_labels.csv, seed 0).
 
@@ -55,11 +55,20 @@ def pipeline_accuracy(video: Path, truth: dict, work: Path, **settings) -> tuple
     return len(right), float(np.mean(right))
 
 
+def framing_grid(name: str) -> list[tuple[str, float, float]]:
+    """``align``: each alignment mode at scales 0.95..1.05; ``shift``: eye alignment over
+    centre shifts and scales (the session-2 sweep)."""
+    if name == "align":
+        return [(a, 0.0, s) for a in ("landmarks", "eyes", "none") for s in (0.95, 1.0, 1.05)]
+    return [("eyes", sh, s) for sh in (-0.08, -0.04, 0.0, 0.04, 0.08) for s in (0.95, 1.0, 1.05)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/fer-gimefive")
     parser.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks/results/crop_framing")
     parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--grid", choices=("align", "shift"), default="align")
     args = parser.parse_args()
     faces = validation_faces(args.data)
     result = {"faces": len(faces), "frames": args.frames, "faces_per_frame": 6, "settings": []}
@@ -80,14 +89,13 @@ def main() -> None:
         result["crops_accuracy"] = float(np.mean(on_crops == [f[1] for f in faces]))
         print(f"{len(faces)} faces; true boxes {result['true_boxes_accuracy']:.4f}, "
               f"crops {result['crops_accuracy']:.4f}", flush=True)
-        for shift in (-0.08, -0.04, 0.0, 0.04, 0.08):
-            for scale in (0.95, 1.0, 1.05):
-                n, acc = pipeline_accuracy(video, truth, work, crop_scale=scale,
-                                           crop_shift_y=shift)
-                result["settings"].append({"crop_shift_y": shift, "crop_scale": scale,
-                                           "detected": n, "accuracy": acc})
-                print(f"crop_shift_y {shift:+.2f} crop_scale {scale:.2f}: {acc:.4f} "
-                      f"({n} detected)", flush=True)
+        for align, shift, scale in framing_grid(args.grid):
+            n, acc = pipeline_accuracy(video, truth, work, align=align, crop_scale=scale,
+                                       crop_shift_y=shift)
+            result["settings"].append({"align": align, "crop_shift_y": shift,
+                                       "crop_scale": scale, "detected": n, "accuracy": acc})
+            print(f"align {align:9s} crop_shift_y {shift:+.2f} crop_scale {scale:.2f}: "
+                  f"{acc:.4f} ({n} detected)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "crop_framing.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out / 'crop_framing.json'}", file=sys.stderr)

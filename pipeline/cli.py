@@ -43,14 +43,20 @@ def _opacity(ctx, param, value):
               help="Also draw and write dlib's 68 landmarks (extra: gimefive[landmarks68]).")
 @click.option("--cam-opacity", type=float, callback=_opacity, default=None,
               help="Opacity of the Grad-CAM overlay inside each box, 0..1 [config: 0.45].")
+@click.option("--align", type=click.Choice(["landmarks", "eyes", "none"]), default=None,
+              help="Crop framing: fit the training crops' landmark template, turn the box "
+                   "so the eyes are level, or the plain box [config: landmarks].")
+@click.option("--detect-size", type=int, callback=_positive, default=None,
+              help="Long side frames are shrunk to for detection; larger finds smaller "
+                   "faces, slower [config: 640].")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help=f"YAML config [default: {DEFAULT_CONFIG.name} from configs/].")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
               help="Write the run summary (per-stage fps, CPU, timings) as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def annotate_command(input_path, output, json_path, cam_npz, backend, weights, detect_every,
-                     cam_every, no_cam, landmarks68, cam_opacity, config_path, summary_path,
-                     quiet):
+                     cam_every, no_cam, landmarks68, cam_opacity, align, detect_size,
+                     config_path, summary_path, quiet):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -67,7 +73,8 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
     config = load_annotate_config(
         config_path, backend=backend, weights=str(weights) if weights else None,
         detect_every=detect_every, cam_every=cam_every, cam_opacity=cam_opacity,
-        cam=False if no_cam else None, landmarks68=landmarks68)
+        cam=False if no_cam else None, landmarks68=landmarks68, align=align,
+        detect_max_side=detect_size)
     result = annotate_video(input_path, output, json_path=json_path, cam_npz=cam_npz,
                             config=config, progress=not quiet)
     if summary_path is not None:

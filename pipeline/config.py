@@ -24,7 +24,7 @@ class AnnotateConfig:
     classify_max_batch: int = 32        # faces per engine call
     classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
     classify_workers: int = 1           # engine calls run in parallel threads (many faces)
-    align: bool = True                  # rotate crops so the eyes are level
+    align: str = "landmarks"            # landmarks | eyes | none (see stages/classify.py)
     crop_scale: float = 1.0             # square crop side / detected box's longer side
     crop_shift_y: float = 0.0           # crop centre moved down by this fraction of its side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
@@ -66,6 +66,7 @@ class AnnotateConfig:
         checks = [
             (self.cam_every >= 1, "cam_every", ">= 1"),
             (self.detect_every >= 1, "detect_every", ">= 1"),
+            (self.detect_max_side >= 32, "detect_max_side", ">= 32"),
             (self.classify_max_batch >= 1, "classify_max_batch", ">= 1"),
             (self.classify_workers >= 1, "classify_workers", ">= 1"),
             (self.detect_batch >= 1, "detect_batch", ">= 1"),
@@ -73,6 +74,7 @@ class AnnotateConfig:
             (0.0 < self.smoothing_alpha <= 1.0, "smoothing_alpha", "in (0, 1]"),
             (self.smoothing in ("ema", "window"), "smoothing", "ema or window"),
             (self.cam_layer in ("conv5", "conv4"), "cam_layer", "conv5 or conv4"),
+            (self.align in ("landmarks", "eyes", "none"), "align", "landmarks, eyes or none"),
             (self.crop_scale > 0.5, "crop_scale", "> 0.5"),
             (-0.5 <= self.crop_shift_y <= 0.5, "crop_shift_y", "in [-0.5, 0.5]"),
             (self.hwm >= 1, "hwm", ">= 1"),

@@ -8,7 +8,14 @@ import pytest
 from gimefive.pipeline.config import AnnotateConfig
 from gimefive.pipeline.draw import draw_faces
 from gimefive.pipeline.sinks import frame_record
-from gimefive.pipeline.stages.classify import ClassifyStage, crop_geometry, cut_faces
+from gimefive.pipeline.stages.classify import (
+    FACE_TEMPLATE,
+    ClassifyStage,
+    crop_geometry,
+    crop_matrix,
+    cut_faces,
+    template_fit,
+)
 from gimefive.pipeline.stages.detect import DetectStage
 from gimefive.pipeline.stages.track import TrackStage
 from gimefive.pipeline.wire import DetectionsMsg, EndOfStream, FrameMsg
@@ -107,13 +114,38 @@ def test_alignment_levels_the_eyes(astronaut_bgr):
     (det,) = detector.detect([tilted])
     eyes = det.landmarks[0, :2]
     assert abs(np.degrees(np.arctan2(*(eyes[1] - eyes[0])[::-1]))) > 12  # really tilted
-    for align, level in ((True, True), (False, False)):
+    for align, level in (("landmarks", True), ("eyes", True), ("none", False)):
         crop = cut_faces(tilted, crop_geometry(det.boxes, det.landmarks, 2.0, align))[0]
         big = cv2.resize(crop, (256, 256))
         (found,) = detector.detect([big])
         e = found.landmarks[0, :2]
         angle = abs(np.degrees(np.arctan2(e[1, 1] - e[0, 1], e[1, 0] - e[0, 0])))
         assert (angle < 5) == level, (align, angle)
+
+
+def test_template_fit_recovers_a_known_similarity():
+    """Landmarks made from the template by a known scale, roll and shift give back that
+    square; the fitted square then cuts the template's points to where the template says."""
+    side, angle, cx, cy = 90.0, -25.0, 300.0, 140.0
+    m = cv2.getRotationMatrix2D((0.5, 0.5), -angle, side)  # unit square -> frame
+    m[:, 2] += (cx - 0.5, cy - 0.5)
+    marks = (FACE_TEMPLATE @ m[:, :2].T + m[:, 2]).astype(np.float32)[None]
+    fit = template_fit(marks)[0]
+    np.testing.assert_allclose(fit, [cx, cy, side, angle], atol=1e-3)
+    box = np.array([[cx - 40, cy - 40, cx + 40, cy + 40]], np.float32)
+    crop = crop_geometry(box, marks, 1.0, "landmarks")[0]
+    in_crop = marks[0] @ crop_matrix(crop, 64)[:, :2].T + crop_matrix(crop, 64)[:, 2]
+    np.testing.assert_allclose(in_crop / 64, FACE_TEMPLATE, atol=1e-4)
+
+
+def test_template_fit_falls_back_to_the_box_when_implausible():
+    """A fit four times the box (landmarks gone astray) is not trusted."""
+    marks = (FACE_TEMPLATE * 400)[None].astype(np.float32)
+    box = np.array([[150, 100, 250, 200]], np.float32)
+    crop = crop_geometry(box, marks, 1.0, "landmarks")[0]
+    np.testing.assert_allclose(crop[:3], [200, 150, 100])
+    with pytest.raises(ValueError, match="align: expected one of"):
+        crop_geometry(box, marks, 1.0, "sideways")
 
 
 def test_detect_every_moves_boxes_between_detections(astronaut_bgr):
