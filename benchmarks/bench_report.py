@@ -81,6 +81,22 @@ def ratio_lines(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def size_lines(res: dict[str, Any]) -> list[str]:
+    """Recall at IoU 0.5 per face size: where each detector stops finding faces."""
+    parts = [(label, res[key]["recall_by_size"]) for key, label in PARTS
+             if isinstance(res.get(key), dict) and res[key].get("recall_by_size")]
+    if not parts:
+        return []
+    sizes = sorted({int(k) for _, by in parts for k in by})
+    out = ["Recall at IoU 0.5 by face size (px):", "",
+           "| | " + " | ".join(str(k) for k in sizes) + " |",
+           "| --- |" + " ---: |" * len(sizes)]
+    for label, by in parts:
+        by = {int(k): v for k, v in by.items()}
+        out.append(f"| {label} | " + " | ".join(_pct(by.get(k)) for k in sizes) + " |")
+    return out
+
+
 def stage_lines(p: dict[str, Any]) -> list[str]:
     lat = p.get("latency_ms") or {}
     p50, p95, p99 = (_fmt(lat.get(f"p{q}"), ".0f") for q in (50, 95, 99))
@@ -128,9 +144,14 @@ def markdown(result: dict[str, Any]) -> str:
     for res in result["inputs"]:
         lines += [f"## {res['name']} ({res['width']}x{res['height']})", ""]
         if res.get("faces_source") != "user video":
+            settings = ", ".join(f"{k} {v}" for k, v in (res.get("overrides") or {}).items())
             lines += [f"Generated scene: {res.get('faces_per_frame')} faces per frame, sizes "
-                      f"{res.get('face_sizes')} px, faces from {res.get('faces_source')}.", ""]
+                      f"{res.get('face_sizes')} px, faces from {res.get('faces_source')}"
+                      + (f"; pipeline and detect only with {settings}" if settings else "")
+                      + ".", ""]
         lines += input_table(res) + [""]
+        sizes = size_lines(res)
+        lines += sizes + ([""] if sizes else [])
         if res.get("ratios"):
             lines += ratio_lines(res["ratios"]) + [""]
         if res.get("pipeline", {}).get("stages"):

@@ -44,6 +44,17 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BASELINE_VENV = BENCH_DIR / ".venv-baseline"
 RESOLUTIONS = {"640x360": (640, 360), "1280x720": (1280, 720)}
+#: generated scenes: faces per frame (None: the generator's 5), face sizes as fractions of
+#: the frame height (None: its default, height/6 .. height/1.8), and the annotate settings
+#: a user would pick for such footage. ``closeup``: a few large faces, the detector on a
+#: 640 px copy. ``wide``: a group seen from afar, 12 faces from 1/22 to 1/3 of the height
+#: (16..120 px at 360 lines), the detector on frames enlarged or kept at 1280 px so that
+#: faces under 30 px are found (``--detect-size 1280 --detect-upscale``).
+SCENES: dict[str, dict[str, Any]] = {
+    "closeup": {"faces_per_frame": None, "sizes": None, "overrides": {}},
+    "wide": {"faces_per_frame": 12, "sizes": (1 / 22.5, 1 / 3),
+             "overrides": {"detect_max_side": 1280, "detect_upscale": True}},
+}
 
 
 def log(message: str) -> None:
@@ -101,35 +112,43 @@ def machine_info() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ inputs
 
 def prepare_inputs(video: str | None, resolutions: list[str], n_frames: int, fps: int,
-                   work: Path, seed: int = 0, face_sizes: tuple[int, int] | None = None
-                   ) -> list[dict[str, Any]]:
-    """The user's video, or one generated scene per resolution (with ground truth).
-
-    ``face_sizes`` (px at 360 lines, scaled with the frame height) overrides the
-    generator's default range.
-    """
+                   work: Path, seed: int = 0, face_sizes: tuple[int, int] | None = None,
+                   scenes: tuple[str, ...] = ("closeup",)) -> list[dict[str, Any]]:
+    """The user's video, or one generated scene per resolution and scene kind (with
+    ground truth). ``face_sizes`` (px at 360 lines, scaled with the frame height)
+    overrides the close-up scene's size range."""
     if video is not None:
         from gimefive.pipeline.probe import probe_input
 
         info = probe_input(Path(video))
         return [{"name": Path(video).name, "path": str(video), "width": info.width,
-                 "height": info.height, "truth": None, "faces_source": "user video"}]
+                 "height": info.height, "truth": None, "faces_source": "user video",
+                 "overrides": {}}]
     from gimefive.synthetic import default_faces, make_scene_video
 
-    faces, source = default_faces(24, seed=seed)
+    faces, source = default_faces(48, seed=seed)
     inputs = []
-    for name in resolutions:
-        width, height = RESOLUTIONS[name]
-        path = work / f"scene_{name}.mp4"
-        sizes = None if face_sizes is None else tuple(
-            max(16, round(v * height / 360)) for v in face_sizes)
-        truth = make_scene_video(path, faces, width, height, n_frames, fps, seed, sizes=sizes)
-        (work / f"scene_{name}.truth.json").write_text(json.dumps(truth))
-        inputs.append({"name": name, "path": str(path), "width": width, "height": height,
-                       "truth": truth, "faces_source": source,
-                       "face_sizes": truth["sizes"], "faces_per_frame": truth["faces_per_frame"]})
-        log(f"generated {path.name}: {n_frames} frames, {truth['faces_per_frame']} faces per "
-            f"frame of {truth['sizes']} px ({source})")
+    for scene in scenes:
+        spec = SCENES[scene]
+        for res in resolutions:
+            width, height = RESOLUTIONS[res]
+            name = res if scene == "closeup" else f"{res} {scene}"
+            path = work / f"scene_{res}_{scene}.mp4"
+            if spec["sizes"] is not None:
+                sizes = tuple(max(16, round(f * height)) for f in spec["sizes"])
+            else:
+                sizes = None if face_sizes is None else tuple(
+                    max(16, round(v * height / 360)) for v in face_sizes)
+            truth = make_scene_video(path, faces, width, height, n_frames, fps, seed,
+                                     sizes=sizes, faces_per_frame=spec["faces_per_frame"])
+            (work / f"scene_{res}_{scene}.truth.json").write_text(json.dumps(truth))
+            inputs.append({"name": name, "scene": scene, "path": str(path), "width": width,
+                           "height": height, "truth": truth, "faces_source": source,
+                           "face_sizes": truth["sizes"],
+                           "faces_per_frame": truth["faces_per_frame"],
+                           "overrides": spec["overrides"]})
+            log(f"generated {path.name}: {n_frames} frames, {truth['faces_per_frame']} faces "
+                f"per frame of {truth['sizes']} px ({source})")
     return inputs
 
 
@@ -144,7 +163,9 @@ def score(truth: dict | None, boxes: list) -> dict[str, Any]:
         if len(boxes) == len(truth["frames"]):
             s = score_detections(truth, boxes)
             out.update(faces_truth=s["truth"], faces_matched=s["matched"],
-                       recall=round(s["recall"], 4), precision=round(s["precision"], 4))
+                       recall=round(s["recall"], 4), precision=round(s["precision"], 4),
+                       recall_by_size={size: round(m / n, 3)
+                                       for size, (m, n) in s["by_size"].items()})
         else:
             out["scoring_error"] = f"{len(boxes)} frames of boxes vs {len(truth['frames'])}"
     return out
@@ -177,7 +198,7 @@ def bench_detect(frames: list, config, repeat: int, truth: dict | None) -> dict[
 
     detector = FaceDetector(max_side=config.detect_max_side, score_threshold=config.detect_score,
                             nms_threshold=config.detect_nms, min_size=config.min_face,
-                            max_batch=config.detect_batch)
+                            max_batch=config.detect_batch, upscale=config.detect_upscale)
     batch = config.detect_batch
 
     def run() -> list:
@@ -517,6 +538,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolutions", default="640x360,1280x720")
     p.add_argument("--frames", type=int, default=100, help="frames per generated scene")
     p.add_argument("--fps", type=int, default=25, help="frame rate of generated scenes")
+    p.add_argument("--scenes", default="closeup,wide",
+                   help=f"generated scenes, comma list of {list(SCENES)}")
     p.add_argument("--face-sizes", default=None,
                    help="MIN,MAX face size in px at 360 lines, scaled with the height "
                         "(default: the generator's 60,200, shrunk to fit)")
@@ -598,7 +621,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gimefive-bench-") as tmp:
         work = Path(tmp)
         inputs = prepare_inputs(args.video, resolutions, args.frames, args.fps, work,
-                                face_sizes=parse_face_sizes(args.face_sizes))
+                                face_sizes=parse_face_sizes(args.face_sizes),
+                                scenes=parse_scenes(args.scenes))
         if "pipeline" not in skip and not args.no_warmup:
             log("warming up the pipeline (untimed)")
             attempt("pipeline warm-up", lambda: warm_pipeline(config, work))
@@ -626,6 +650,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["wall_s"] = round(time.time() - started, 1)
     write_reports(result, out)
     return result
+
+
+def parse_scenes(text: str) -> tuple[str, ...]:
+    from gimefive.errors import GimefiveError
+
+    scenes = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in scenes if s not in SCENES]
+    if bad or not scenes:
+        raise GimefiveError(f"--scenes: expected some of {list(SCENES)}, got {text!r}")
+    return scenes
 
 
 def parse_face_sizes(text: str | None) -> tuple[int, int] | None:
@@ -657,7 +691,10 @@ def attempt(name: str, measure) -> dict[str, Any]:
 def bench_input(res, item, args, config, skip, work, venv, baseline_problem, weights,
                 save_partial) -> None:
     """Every per-input measurement into ``res``, saving the report after each."""
+    import dataclasses
+
     log(f"input {item['name']}")
+    config = dataclasses.replace(config, **item["overrides"])
     if "decode" not in skip:
         res["decode"] = bench_decode(item["path"], args.repeat, config.decode_threads)
         log(f"  decode only: {res['decode']['fps']['median']:.1f} fps")

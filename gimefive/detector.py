@@ -106,13 +106,16 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
 class FaceDetector:
     """RetinaFace on downscaled copies of BGR frames, batched over frames of one size.
 
-    ``max_side``: the long side frames are shrunk to before detection (never enlarged);
+    ``max_side``: the long side frames are shrunk to before detection; ``upscale`` also
+    enlarges smaller frames to it (RetinaFace finds few faces under about 30 px: at 2x, 16..28 px
+    faces were found 53..93% of the time against 5..65%, at about 4x the detector's cost);
     ``threads``: onnxruntime intra-op threads (1 suits a pipeline stage sharing cores).
     """
 
     def __init__(self, max_side: int = 640, score_threshold: float = 0.6,
                  nms_threshold: float = 0.4, max_faces: int = 64, min_size: float = 0.0,
-                 threads: int | None = None, max_batch: int = 8) -> None:
+                 threads: int | None = None, max_batch: int = 8, upscale: bool = False
+                 ) -> None:
         if max_side < 32:
             raise GimefiveError(f"detector max_side must be >= 32, got {max_side}")
         if not 0.0 < score_threshold < 1.0:
@@ -124,11 +127,14 @@ class FaceDetector:
         self.max_faces = int(max_faces)
         self.min_size = float(min_size)
         self.max_batch = max(1, int(max_batch))
+        self.upscale = bool(upscale)
         self.session = _open_session(threads)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) a frame is resized to before the network."""
-        scale = min(1.0, self.max_side / max(height, width))
+        scale = self.max_side / max(height, width)
+        if not self.upscale:
+            scale = min(1.0, scale)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def detect(self, frames: list[np.ndarray]) -> list[Detections]:
@@ -149,8 +155,9 @@ class FaceDetector:
     def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int
                           ) -> list[Detections]:
         in_h, in_w = self.input_size(height, width)
+        interpolation = cv2.INTER_AREA if in_w < width else cv2.INTER_LINEAR
         small = frames if (in_h, in_w) == (height, width) else [
-            cv2.resize(f, (in_w, in_h), interpolation=cv2.INTER_AREA) for f in frames]
+            cv2.resize(f, (in_w, in_h), interpolation=interpolation) for f in frames]
         batch = np.stack(small).astype(np.float32)
         batch -= BGR_MEAN
         batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

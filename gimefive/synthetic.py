@@ -464,12 +464,19 @@ def score_detections(truth: dict, found: Sequence, iou_threshold: float = 0.5) -
     if len(found) != len(frames):
         raise GimefiveError(f"expected boxes for {len(frames)} frames, got {len(found)}")
     n_truth = n_found = n_matched = 0
+    by_size: dict[int, list[int]] = {}  # face side px -> [matched, shown]
     for gt, boxes in zip(frames, found, strict=True):
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         n_truth += len(gt["boxes"])
         n_found += len(boxes)
-        n_matched += len(match_boxes(gt["boxes"], boxes, iou_threshold))
+        pairs = dict(match_boxes(gt["boxes"], boxes, iou_threshold))
+        n_matched += len(pairs)
+        for g, (x1, _, x2, _) in enumerate(gt["boxes"]):
+            tally = by_size.setdefault(int(x2 - x1), [0, 0])
+            tally[0] += g in pairs
+            tally[1] += 1
     return {"truth": n_truth, "found": n_found, "matched": n_matched,
+            "by_size": {k: by_size[k] for k in sorted(by_size)},
             "recall": n_matched / n_truth if n_truth else float("nan"),
             "precision": n_matched / n_found if n_found else float("nan"),
             "iou_threshold": iou_threshold}

@@ -23,13 +23,14 @@ class AnnotateConfig:
     cam_layer: str = "conv5"
     classify_max_batch: int = 32        # faces per engine call
     classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
-    classify_workers: int = 1           # engine calls run in parallel threads (many faces)
+    classify_workers: int = 2           # parallel engine calls (threads, one core each)
     align: str = "landmarks"            # landmarks | eyes | none (see stages/classify.py)
     crop_scale: float = 1.0             # square crop side / detected box's longer side
     crop_shift_y: float = 0.0           # crop centre moved down by this fraction of its side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
     # detector
     detect_max_side: int = 640
+    detect_upscale: bool = False        # also enlarge smaller frames to detect_max_side
     detect_score: float = 0.6
     detect_nms: float = 0.4
     detect_every: int = 1               # run the detector on every Nth frame, track between

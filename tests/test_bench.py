@@ -27,10 +27,11 @@ def system_bench():
     return load_system_bench()
 
 
-def run_bench(tmp_path, *extra):
+def run_bench(tmp_path, *extra, scenes="closeup"):
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["bench", "-o", str(out), "--resolutions", "640x360",
-                                      "--frames", "10", "--repeat", "1", *extra])
+                                      "--frames", "10", "--repeat", "1", "--scenes", scenes,
+                                      *extra])
     return result, out
 
 
@@ -59,6 +60,25 @@ def test_decode_and_detect_only_report(tmp_path):
     assert "annotate pipeline" not in md
     assert (out / "fps_and_faces.png").stat().st_size > 1000
     assert "pipeline" not in item and "baseline" not in item
+
+
+def test_wide_scene_uses_its_detector_settings_and_reports_recall_by_size(tmp_path):
+    result, out = run_bench(tmp_path, "--skip", "decode,classify,pipeline,baseline,scaling",
+                            scenes="wide")
+    assert result.exit_code == 0, result.output
+    (item,) = json.loads((out / "bench.json").read_text())["inputs"]
+    assert item["name"] == "640x360 wide" and item["faces_per_frame"] == 12
+    assert item["overrides"] == {"detect_max_side": 1280, "detect_upscale": True}
+    assert item["detect"]["max_side"] == 1280
+    by_size = {int(k): v for k, v in item["detect"]["recall_by_size"].items()}
+    assert sorted(by_size) == item["face_sizes"] and min(by_size) == 16
+    assert all(0 <= v <= 1 for v in by_size.values())
+    assert "Recall at IoU 0.5 by face size (px):" in (out / "bench.md").read_text()
+
+
+def test_unknown_scene_is_a_bad_parameter(tmp_path):
+    result, _ = run_bench(tmp_path, scenes="closeup,crowd")
+    assert result.exit_code == 2 and "--scenes" in result.output
 
 
 @pytest.mark.slow

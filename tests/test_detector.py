@@ -72,3 +72,23 @@ def test_bad_frames_and_options_are_named(detector):
         detector.detect([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
     with pytest.raises(GimefiveError, match="max_side"):
         FaceDetector(max_side=8)
+
+
+def test_upscale_finds_a_face_too_small_at_the_frames_own_size(astronaut_bgr):
+    """The astronaut shrunk so her face is about 12 px: missed at the frame's own size,
+    found (in frame coordinates, where she is) when the frame is enlarged 4x."""
+    import cv2
+
+    small = cv2.resize(astronaut_bgr, None, fx=0.125, fy=0.125, interpolation=cv2.INTER_AREA)
+    frame = np.full((180, 320, 3), 90, np.uint8)
+    frame[20:84, 40:104] = small
+    plain = FaceDetector(max_side=1280, threads=1)
+    enlarged = FaceDetector(max_side=1280, threads=1, upscale=True)
+    assert plain.input_size(180, 320) == (180, 320)
+    assert enlarged.input_size(180, 320) == (720, 1280)
+    assert len(plain.detect([frame])[0]) == 0
+    (found,) = enlarged.detect([frame])
+    assert len(found) == 1
+    x1, y1, x2, y2 = found.boxes[0]
+    assert 40 + 170 / 8 < (x1 + x2) / 2 < 40 + 290 / 8  # her face: x 170..290, y 50..180
+    assert 20 + 50 / 8 < (y1 + y2) / 2 < 20 + 180 / 8

@@ -58,7 +58,8 @@ class DetectStage(Stage):
         c = self.config
         self.detector = FaceDetector(max_side=c.detect_max_side, score_threshold=c.detect_score,
                                      nms_threshold=c.detect_nms, min_size=c.min_face,
-                                     threads=c.detect_threads, max_batch=c.detect_batch)
+                                     threads=c.detect_threads, max_batch=c.detect_batch,
+                                     upscale=c.detect_upscale)
         self.detector.detect([np.zeros((64, 64, 3), np.uint8)])  # warm-up, outside timing
         self.pending: list[FrameMsg] = []
         self.first_pending = 0.0
