@@ -7,6 +7,7 @@ whole pipeline once per setting, and scored against ground truth. The same model
 true boxes cut from the decoded frames is the reference (what rendering alone costs).
 
     python benchmarks/crop_framing.py [--data ../shared/data/fer-gimefive] [-o DIR]
+        [--grid align|shift] [--pad 0.25]
 """
 
 from __future__ import annotations
@@ -69,14 +70,17 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks/results/crop_framing")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--grid", choices=("align", "shift"), default="align")
+    parser.add_argument("--pad", type=float, default=0.25,
+                        help="blurred border around each pasted face, fraction of its size")
     args = parser.parse_args()
     faces = validation_faces(args.data)
-    result = {"faces": len(faces), "frames": args.frames, "faces_per_frame": 6, "settings": []}
+    result = {"faces": len(faces), "frames": args.frames, "faces_per_frame": 6, "pad": args.pad,
+              "settings": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         video = work / "scene.mp4"
         truth = make_scene_video(video, faces, 640, 360, n_frames=args.frames, fps=25, seed=3,
-                                 faces_per_frame=6)
+                                 faces_per_frame=6, pad=args.pad)
         with av.open(str(video)) as c:
             decoded = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
         exact = [(label, image[y1:y2, x1:x2])

@@ -43,9 +43,9 @@ def _opacity(ctx, param, value):
               help="Also draw and write dlib's 68 landmarks (extra: gimefive[landmarks68]).")
 @click.option("--cam-opacity", type=float, callback=_opacity, default=None,
               help="Opacity of the Grad-CAM overlay inside each box, 0..1 [config: 0.45].")
-@click.option("--align", type=click.Choice(["landmarks", "eyes", "none"]), default=None,
-              help="Crop framing: fit the training crops' landmark template, turn the box "
-                   "so the eyes are level, or the plain box [config: landmarks].")
+@click.option("--align", type=click.Choice(["eyes", "landmarks", "none"]), default=None,
+              help="Crop framing: the box turned so the eyes are level, a fit of the "
+                   "training crops' landmark template, or the plain box [config: eyes].")
 @click.option("--detect-size", type=int, callback=_positive, default=None,
               help="Long side frames are shrunk to for detection; larger finds smaller "
                    "faces, slower [config: 640].")

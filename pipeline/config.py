@@ -24,7 +24,7 @@ class AnnotateConfig:
     classify_max_batch: int = 32        # faces per engine call
     classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
     classify_workers: int = 2           # parallel engine calls (threads, one core each)
-    align: str = "landmarks"            # landmarks | eyes | none (see stages/classify.py)
+    align: str = "eyes"                 # eyes | landmarks | none (see stages/classify.py)
     crop_scale: float = 1.0             # square crop side / detected box's longer side
     crop_shift_y: float = 0.0           # crop centre moved down by this fraction of its side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)

@@ -42,7 +42,7 @@ MAX_FIT_TO_BOX = 1.6
 
 
 def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float,
-                  align: str | bool = "landmarks", shift_y: float = 0.0) -> np.ndarray:
+                  align: str | bool = "eyes", shift_y: float = 0.0) -> np.ndarray:
     """Per face ``[cx, cy, side, angle_degrees]`` of the square to classify.
 
     ``align``: ``landmarks`` fits :data:`FACE_TEMPLATE` to the five landmarks (position,
