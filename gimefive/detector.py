@@ -107,8 +107,9 @@ class FaceDetector:
     """RetinaFace on downscaled copies of BGR frames, batched over frames of one size.
 
     ``max_side``: the long side frames are shrunk to before detection; ``upscale`` also
-    enlarges smaller frames to it (RetinaFace finds few faces under about 30 px: at 2x, 16..28 px
-    faces were found 53..93% of the time against 5..65%, at about 4x the detector's cost);
+    enlarges smaller frames to it. RetinaFace finds few faces under about 30 px: enlarged
+    2x, faces of 16..28 px were found 53..93% of the time against 5..65%, at 4.5x the
+    detector's cost (``benchmarks/detect_sizes.py``).
     ``threads``: onnxruntime intra-op threads (1 suits a pipeline stage sharing cores).
     """
 
