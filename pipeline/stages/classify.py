@@ -3,9 +3,10 @@
 Faces of consecutive frames are gathered until ``classify_max_batch`` faces are waiting
 or the oldest has waited ``classify_max_wait_ms``; then one engine call (two when only
 some frames want Grad-CAM, see ``cam_every``) classifies them all. Crops are squares
-around the detected box (``crop_scale`` times its longer side), rotated so the eyes are
-level when ``align`` is on, and go through :func:`gimefive.preprocess.preprocess_faces`,
-the same preprocessing the model was trained with.
+framed as ``align`` says (:func:`crop_geometry`) and go through
+:func:`gimefive.preprocess.preprocess_faces`, the same preprocessing the model was
+trained with. ``classify_workers`` engine calls run at once in threads: the engines
+release the GIL, so a second call uses a core the first would leave idle.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ MIN_ALIGN_DEGREES = 3.0  # align: eyes leaves a smaller eye roll alone (landmark
 #: left) inside the dataset's crops, as fractions of the crop side: the mean over 2,275
 #: detections of 800 RAF-DB *train* faces pasted at 64, 96 and 128 px
 #: (``python benchmarks/face_template.py``; per-point spread 0.03..0.06). Fitting a
-#: similarity transform from these points to a face's landmarks frames the crop the way
-#: the model saw its training faces.
+#: similarity transform from these points to a face's landmarks is meant to frame the crop
+#: the way the model saw its training faces; on synthetic scenes it measured level with
+#: ``eyes`` or below it (README, pipeline), so it is not the default.
 FACE_TEMPLATE = np.array([[0.2560, 0.3286], [0.7222, 0.3257], [0.4851, 0.5646],
                           [0.2926, 0.7367], [0.6883, 0.7345]], np.float32)
 ALIGN_MODES = ("landmarks", "eyes", "none")
