@@ -28,6 +28,7 @@ truth (IoU >= 0.5) when the input was generated here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -691,8 +692,6 @@ def attempt(name: str, measure) -> dict[str, Any]:
 def bench_input(res, item, args, config, skip, work, venv, baseline_problem, weights,
                 save_partial) -> None:
     """Every per-input measurement into ``res``, saving the report after each."""
-    import dataclasses
-
     log(f"input {item['name']}")
     config = dataclasses.replace(config, **item["overrides"])
     if "decode" not in skip:

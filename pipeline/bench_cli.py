@@ -55,14 +55,6 @@ def _at_least(minimum):
     return check
 
 
-def _scenes(ctx, param, value):
-    kinds = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [k for k in kinds if k not in ("closeup", "wide")]
-    if bad or not kinds:
-        raise click.BadParameter(f"expected some of closeup,wide, got {value!r}")
-    return value
-
-
 @click.command("bench", context_settings={"show_default": True})
 @click.argument("video", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path),
@@ -74,7 +66,7 @@ def _scenes(ctx, param, value):
               help="Frames per generated scene.")
 @click.option("--fps", type=int, default=25, callback=_at_least(1),
               help="Frame rate of generated scenes (and the real-time target of scaling).")
-@click.option("--scenes", default="closeup,wide", callback=_scenes,
+@click.option("--scenes", default="closeup,wide",
               help="Generated scene kinds: closeup (5 faces, 1/6..1/1.8 of the height) and "
                    "wide (12 faces, 1/22..1/3, detector on 1280 px frames).")
 @click.option("--face-sizes", default=None, metavar="MIN,MAX",
@@ -123,8 +115,8 @@ def bench_command(video, out, weights, config_path, baseline_venv, **options):
     percentiles), the paper's own script (Haar cascade + per-face autograd
     Grad-CAM) as a baseline, and how many live 640x360 streams run in real time.
     Without VIDEO it generates 640x360 and 1280x720 scenes of real faces (with
-    ground truth, so faces found are scored), close-up and wide. Writes JSON, a Markdown table and
-    PNG charts to OUT. Run it on an otherwise idle machine: it takes minutes.
+    ground truth, so faces found are scored), close-up and wide. Writes JSON, a
+    Markdown table and PNG charts to OUT. Run it on an otherwise idle machine: it takes minutes.
 
     Example: nice gimefive bench -o bench_results
     """
@@ -136,6 +128,11 @@ def bench_command(video, out, weights, config_path, baseline_venv, **options):
         weights=str(weights) if weights else None,
         config=str(config_path) if config_path else None,
         baseline_venv=str(baseline_venv or system_bench.BASELINE_VENV), **options)
+    try:
+        system_bench.parse_scenes(options["scenes"])
+    except GimefiveError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--scenes: "),
+                                 param_hint="--scenes") from None
     classify_batches = options["classify_batches"]
     try:
         batches = [int(b) for b in classify_batches.split(",") if b.strip()]

@@ -108,14 +108,15 @@ def test_accuracy_matches_the_crops(scene, annotated, weights):
 
     path, truth, faces = scene
     index = {f["id"]: f["source_index"] for f in truth["faces"]}
-    rows = [r for r in matches(truth, annotated[1]) if r[2] is not None]
+    every = matches(truth, annotated[1])
+    rows = [r for r in every if r[2] is not None]
     with av.open(str(path)) as c:
         decoded = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     exact = []  # each detected face cut at its true box from the decoded frame
     for image, frame in zip(decoded, truth["frames"], strict=True):
         for (x1, y1, x2, y2), face_id in zip(frame["boxes"], frame["ids"], strict=True):
             exact.append((face_id, image[y1:y2, x1:x2]))
-    found = {(i, k) for k, (i, _, p) in enumerate(matches(truth, annotated[1])) if p is not None}
+    found = {(i, k) for k, (i, _, p) in enumerate(every) if p is not None}
     with create_backend("auto", weights=str(weights[0])) as backend:
         crop_pred = backend(preprocess_faces([f[0] for f in faces]), cam=False)[0].argmax(1)
         exact_pred = backend(preprocess_faces([e[1] for k, e in enumerate(exact)

@@ -44,7 +44,7 @@ MAX_FIT_TO_BOX = 1.6
 
 
 def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float,
-                  align: str | bool = "eyes", shift_y: float = 0.0) -> np.ndarray:
+                  align: str = "eyes", shift_y: float = 0.0) -> np.ndarray:
     """Per face ``[cx, cy, side, angle_degrees]`` of the square to classify.
 
     ``align``: ``landmarks`` fits :data:`FACE_TEMPLATE` to the five landmarks (position,
@@ -52,7 +52,6 @@ def crop_geometry(boxes: np.ndarray, landmarks: np.ndarray, scale: float,
     it so the eyes are level; ``none`` squares the box. ``scale`` and ``shift_y`` (the
     centre moved down by that fraction of the side) then adjust the square.
     """
-    align = {True: "eyes", False: "none"}.get(align, align)  # type: ignore[arg-type]
     if align not in ALIGN_MODES:
         raise ValueError(f"align: expected one of {ALIGN_MODES}, got {align!r}")
     box_sides = (boxes[:, 2:] - boxes[:, :2]).max(axis=1)
