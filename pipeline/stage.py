@@ -112,6 +112,38 @@ class Stage(ABC):
         return _Timer(self.timers, key)
 
 
+class BatchWindow:
+    """Messages held back for a fuller batch, and how long the oldest may still wait.
+
+    Detect and classify both gather messages until a batch is full or the first one
+    has waited its limit; this is the one copy of that clock.
+    """
+
+    def __init__(self, max_wait_ms: float) -> None:
+        self.max_wait_ms = max_wait_ms
+        self.items: list = []
+        self.started = 0.0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, item: Any) -> None:
+        if not self.items:
+            self.started = time.monotonic()
+        self.items.append(item)
+
+    def wait_ms(self) -> float | None:
+        """Milliseconds until the oldest item is due; None when nothing waits."""
+        if not self.items:
+            return None
+        waited = (time.monotonic() - self.started) * 1000
+        return max(0.0, self.max_wait_ms - waited)
+
+    def take(self) -> list:
+        items, self.items = self.items, []
+        return items
+
+
 class _Timer:
     def __init__(self, store: dict[str, float], key: str) -> None:
         self.store, self.key = store, key

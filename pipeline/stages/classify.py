@@ -12,12 +12,11 @@ release the GIL, so a second call uses a core the first would leave idle.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-from gimefive.pipeline.stage import Stage
+from gimefive.pipeline.stage import BatchWindow, Stage
 from gimefive.pipeline.tracking import DEFAULT_UNCERTAIN_THRESHOLD
 from gimefive.pipeline.wire import ClassifiedMsg, DetectionsMsg, Message
 
@@ -144,9 +143,8 @@ class ClassifyStage(Stage):
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(c.classify_workers, thread_name_prefix="engine")
-        self.pending: list[DetectionsMsg] = []
+        self.pending = BatchWindow(c.classify_max_wait_ms)
         self.pending_faces = 0
-        self.first_pending = 0.0
 
     def info(self) -> dict:
         return {"backend": self.backend_name, "uncertain_threshold": self.threshold}
@@ -155,22 +153,17 @@ class ClassifyStage(Stage):
         return self.config.cam and msg.index % self.config.cam_every == 0
 
     def process(self, msg: DetectionsMsg) -> list[Message]:
-        if not self.pending:
-            self.first_pending = time.monotonic()
-        self.pending.append(msg)
+        self.pending.add(msg)
         self.pending_faces += len(msg.boxes)
         if self.pending_faces >= self.config.classify_max_batch:
             return self.flush()
         return []
 
     def wait_ms(self) -> float | None:
-        if not self.pending:
-            return None
-        waited = (time.monotonic() - self.first_pending) * 1000
-        return max(0.0, self.config.classify_max_wait_ms - waited)
+        return self.pending.wait_ms()
 
     def flush(self) -> list[Message]:
-        pending, self.pending, self.pending_faces = self.pending, [], 0
+        pending, self.pending_faces = self.pending.take(), 0
         crops = [crop_geometry(m.boxes, m.landmarks, self.config.crop_scale, self.config.align,
                                self.config.crop_shift_y)
                  for m in pending]

@@ -8,11 +8,10 @@ detections by IoU (``detected`` is False on those frames). Output order = input 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from gimefive.pipeline.stage import Stage
+from gimefive.pipeline.stage import BatchWindow, Stage
 from gimefive.pipeline.tracking import match_centers
 from gimefive.pipeline.wire import DetectionsMsg, FrameMsg, Message
 
@@ -61,8 +60,7 @@ class DetectStage(Stage):
                                      threads=c.detect_threads, max_batch=c.detect_batch,
                                      upscale=c.detect_upscale)
         self.detector.detect([np.zeros((64, 64, 3), np.uint8)])  # warm-up, outside timing
-        self.pending: list[FrameMsg] = []
-        self.first_pending = 0.0
+        self.pending = BatchWindow(self.config.detect_max_wait_ms)
         self.motion: dict[str, _StreamMotion] = {}
         self.last_detected: dict[str, int] = {}
 
@@ -75,21 +73,16 @@ class DetectStage(Stage):
 
     def process(self, msg: FrameMsg) -> list[Message]:
         msg.extra = msg.extra | {"_detect": self._needs_detection(msg)}
-        if not self.pending:
-            self.first_pending = time.monotonic()
-        self.pending.append(msg)
-        if sum(m.extra["_detect"] for m in self.pending) >= self.config.detect_batch:
+        self.pending.add(msg)
+        if sum(m.extra["_detect"] for m in self.pending.items) >= self.config.detect_batch:
             return self.flush()
         return []
 
     def wait_ms(self) -> float | None:
-        if not self.pending:
-            return None
-        waited = (time.monotonic() - self.first_pending) * 1000
-        return max(0.0, self.config.detect_max_wait_ms - waited)
+        return self.pending.wait_ms()
 
     def flush(self) -> list[Message]:
-        pending, self.pending = self.pending, []
+        pending = self.pending.take()
         todo = [m for m in pending if m.extra["_detect"]]
         if todo:
             with self.timed("detector"):
