@@ -44,7 +44,7 @@ def validation_faces(root: Path) -> list[tuple[np.ndarray, int]]:
 def pipeline_accuracy(video: Path, truth: dict, work: Path, **settings) -> tuple[int, float]:
     out = work / "faces.jsonl"
     config = load_annotate_config(None, backend="auto", cam=False, **settings)
-    annotate_video(video, None, json_path=out, config=config, progress=False)
+    annotate_video(video, None, json_path=out, config=config, progress=False, force=True)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     right = []
     for frame, record in zip(truth["frames"], records, strict=True):

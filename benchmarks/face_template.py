@@ -1,6 +1,6 @@
 """Measure where RetinaFace puts its five landmarks inside the dataset's face crops.
 
-The result is ``FACE_TEMPLATE`` in ``pipeline/stages/classify.py``: the classify stage
+The result is ``FACE_TEMPLATE`` in ``pipeline/crops.py``: the classify stage
 fits it to each detected face's landmarks so that its crop frames the face as the
 training crops did. Faces come from a *train* split (never test), each pasted at 64, 96
 and 128 px with the blurred border the synthetic scenes use, in the middle of a plain

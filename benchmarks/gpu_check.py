@@ -239,7 +239,7 @@ def annotate_fps(clip: Path, weights: Path, backend: str) -> dict:
         make_scene_video(clip, default_faces(12)[0], 1920, 1080, 100, 25, seed=0)
     config = load_annotate_config(backend=backend, weights=str(weights))
     res = annotate_video(clip, clip.with_name(f"annotated_{backend}.mp4"), config=config,
-                         progress=False, save_resolved_config=False).to_dict()
+                         progress=False, save_resolved_config=False, force=True).to_dict()
     return {"fps": res["fps"], "frames": res["frames"], "faces": res["faces"],
             "parallel_efficiency": res["parallel_efficiency"],
             "backend_used": res.get("info", {}).get("classify", {}).get("backend"),

@@ -30,16 +30,6 @@ MODES = {  # name -> (autocast bf16, channels_last)
 }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def make_step(bf16: bool, channels_last: bool, batch: int, device: torch.device):
     torch.manual_seed(0)
     model = GiMeFive().to(device).train()

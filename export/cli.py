@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gimefive.config import CONFIG_DIR
+from gimefive.config import shipped_config
 
 CAM_LAYERS = click.Choice(["conv5", "conv4"])
 
@@ -28,7 +28,7 @@ CAM_LAYERS = click.Choice(["conv5", "conv4"])
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Where to write the model. [default: gimefive-<layer>.onnx/.engine]")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
-              default=CONFIG_DIR / "export.yaml", help="Defaults for every option.")
+              default=shipped_config("export.yaml"), help="Defaults for every option.")
 def export_command(fmt, precision, cam_layer, class_input, weights, output, config_path):
     """Export GiMeFive to ONNX or TensorRT with probabilities and Grad-CAM in one pass.
 

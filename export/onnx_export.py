@@ -60,7 +60,7 @@ def state_sha256(model: torch.nn.Module) -> str:
 def export_onnx(model, path: str | Path, cam_layer: str = "conv5", class_input: bool = False,
                 opset: int = OPSET) -> Path:
     """Write the (probs, cam) graph of ``model`` to ``path`` (weights embedded, no checks)."""
-    from gimefive.export.cam_graph import GiMeFiveCam
+    from gimefive.cam_graph import GiMeFiveCam
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

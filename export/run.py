@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gimefive.config import CONFIG_DIR, load_config, save_config, to_dict
+from gimefive.config import load_config, save_config, shipped_config, to_dict
 from gimefive.errors import GimefiveError
 
-DEFAULT_CONFIG = CONFIG_DIR / "export.yaml"
+DEFAULT_CONFIG = shipped_config("export.yaml")
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = {"onnx": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 

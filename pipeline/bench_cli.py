@@ -1,37 +1,23 @@
-"""``gimefive bench``: a thin click command over ``benchmarks/system_bench.py``.
-
-The measurements live in the repository's ``benchmarks/`` folder (scripts anyone can
-run alone); this command finds that folder beside the installed package (an editable
-install or a source checkout) and runs them in one go.
+"""``gimefive bench``: the one definition of the bench options, over
+:mod:`gimefive.pipeline.bench.system_bench` (``python benchmarks/system_bench.py`` runs
+this same command).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import click
+from gimefive.pipeline.bench import system_bench
 
 from gimefive.errors import GimefiveError
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
-PARTS = ("decode", "detect", "classify", "pipeline", "baseline", "scaling")
-
-
-def load_system_bench():
-    path = BENCH_DIR / "system_bench.py"
-    if not path.is_file():
-        raise GimefiveError(f"benchmarks not found at {BENCH_DIR}: `gimefive bench` needs a "
-                            "source checkout installed with `pip install -e .`")
-    spec = importlib.util.spec_from_file_location("gimefive_benchmarks_system_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PARTS = system_bench.SKIPPABLE
 
 
 def _resolutions(ctx, param, value):
-    allowed = ("640x360", "1280x720")
+    allowed = tuple(system_bench.RESOLUTIONS)
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
     if bad or not items:
@@ -88,9 +74,10 @@ def _at_least(minimum):
               help="Skip the untimed warm-up run of the pipeline (quick looks only).")
 @click.option("--skip", default="", callback=_skip,
               help=f"Parts to leave out, comma separated: {', '.join(PARTS)}.")
-@click.option("--baseline-venv", type=click.Path(path_type=Path), default=None,
+@click.option("--baseline-venv", type=click.Path(path_type=Path),
+              default=system_bench.BASELINE_VENV,
               help="Virtual environment with OpenCV 4 for the paper-script baseline "
-                   "[default: benchmarks/.venv-baseline, created on first use].")
+                   "(created on first use).")
 @click.option("--no-create-baseline-venv", is_flag=True,
               help="Skip the baseline (with the reason) instead of creating its venv.")
 @click.option("--baseline-frames", type=int, default=None, callback=_at_least(1),
@@ -99,7 +86,8 @@ def _at_least(minimum):
               help="Timed baseline passes [default: --repeat].")
 @click.option("--classify-configs", default="torch fp32 (autograd CAM),"
               "torch bf16 (in-graph CAM),onnxruntime fp32",
-              help="Classifier configurations (names from benchmarks/backends_bench.py).")
+              help="Classifier configurations (names from "
+                   "gimefive/pipeline/bench/backends_bench.py).")
 @click.option("--classify-batches", default="1,8,32", help="Classifier batch sizes.")
 @click.option("--scaling-max", type=int, default=8, callback=_at_least(1),
               help="Most concurrent live streams to try (1, 2, 4, ...).")
@@ -120,14 +108,13 @@ def bench_command(video, out, weights, config_path, baseline_venv, **options):
 
     Example: nice gimefive bench -o bench_results
     """
-    system_bench = load_system_bench()
     if video is not None and not video.is_file():
         raise click.BadParameter(f"video not found: {video}", param_hint="VIDEO")
     args = argparse.Namespace(
         video=str(video) if video else None, out=str(out),
         weights=str(weights) if weights else None,
         config=str(config_path) if config_path else None,
-        baseline_venv=str(baseline_venv or system_bench.BASELINE_VENV), **options)
+        baseline_venv=str(baseline_venv), **options)
     try:
         system_bench.parse_scenes(options["scenes"])
     except GimefiveError as exc:

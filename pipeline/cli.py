@@ -56,10 +56,13 @@ def _opacity(ctx, param, value):
               help=f"YAML config [default: {DEFAULT_CONFIG.name} from configs/].")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
               help="Write the run summary (per-stage fps, CPU, timings) as JSON here.")
+@click.option("--force", is_flag=True,
+              help="Replace existing outputs (never the input). Outputs are written under "
+                   "a temporary name and renamed only when the run succeeds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def annotate_command(input_path, output, json_path, cam_npz, backend, weights, detect_every,
                      cam_every, no_cam, landmarks68, cam_opacity, align, detect_size,
-                     detect_upscale, config_path, summary_path, quiet):
+                     detect_upscale, config_path, summary_path, force, quiet):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -67,10 +70,16 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
     output, with the input's timestamps; audio is copied through.
 
     Example: gimefive annotate talk.mp4 -o talk_annotated.mp4 --json faces.jsonl
+
+    INPUT may be @FILE, a file holding the URL (a camera password then stays out of
+    `ps`); passwords are shown as *** in every line and file gimefive writes.
     """
     from gimefive.pipeline.config import load_annotate_config
     from gimefive.pipeline.run import annotate_video, format_summary
 
+    from gimefive.urls import from_arg_file
+
+    input_path = from_arg_file(input_path)  # @FILE: a camera URL kept out of `ps`
     if output is None and json_path is None:
         raise click.BadParameter("give -o OUTPUT.mp4 and/or --json FILE", param_hint="-o")
     config = load_annotate_config(
@@ -79,9 +88,8 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
         cam=False if no_cam else None, landmarks68=landmarks68, align=align,
         detect_max_side=detect_size, detect_upscale=detect_upscale)
     result = annotate_video(input_path, output, json_path=json_path, cam_npz=cam_npz,
-                            config=config, progress=not quiet)
-    if summary_path is not None:
-        summary_path.write_text(json.dumps(result.to_dict(), indent=2))
+                            config=config, progress=not quiet, summary_path=summary_path,
+                            force=force)
     if not quiet:
         click.echo(format_summary(result), err=True)
         written = ", ".join(str(p) for p in (output, json_path, cam_npz) if p)
@@ -93,10 +101,11 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
                                            "annotate"]))
 @click.option("--in", "in_", required=True,
               help="Input: the video for `source`, else an endpoint this stage binds "
-                   "(ipc://PATH or tcp://HOST:PORT).")
+                   "(ipc://PATH or tcp://HOST:PORT). @FILE: read it from FILE (keeps a "
+                   "URL's password out of `ps`).")
 @click.option("--out", "out", required=True,
               help="Output: the video for `annotate`, else the next stage's endpoint "
-                   "(connected).")
+                   "(connected). @FILE: read it from FILE.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help=f"YAML config [default: {DEFAULT_CONFIG.name}].")
 @click.option("--config-json", default=None, hidden=True)
@@ -107,7 +116,8 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
               help="annotate: also write JSON lines here.")
 @click.option("--cam-npz", type=click.Path(path_type=Path), default=None,
               help="annotate: also save Grad-CAM arrays here.")
-@click.option("--audio-from", default=None, help="annotate: copy audio from this input.")
+@click.option("--audio-from", default=None,
+              help="annotate: copy audio from this input (@FILE: read it from FILE).")
 @click.option("--stream", default="0", help="source: stream id carried by its frames.")
 @click.option("--control", default=None, help="Supervisor endpoint for status reports.")
 @click.option("--gate", default=None, hidden=True,
@@ -134,7 +144,11 @@ def stage_command(name, in_, out, config_path, config_json, backend, weights, js
     from gimefive.pipeline.wire import CurveKeys
 
     from gimefive.config import from_dict
+    from gimefive.urls import from_arg_file
 
+    # @FILE: the value is in that file (how `annotate`/`monitor` hand a URL to a stage,
+    # so that a password in it never shows in `ps`)
+    in_, out, audio_from = (from_arg_file(v) for v in (in_, out, audio_from))
     overrides = {"backend": backend, "weights": str(weights) if weights else None}
     if config_json:
         data = json.loads(config_json) | {k: v for k, v in overrides.items() if v is not None}

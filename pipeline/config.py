@@ -5,16 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gimefive.config import CONFIG_DIR, load_config
+from gimefive.config import load_config, shipped_config
 from gimefive.errors import GimefiveError
 
-DEFAULT_CONFIG = CONFIG_DIR / "annotate.yaml"
+DEFAULT_CONFIG = shipped_config("annotate.yaml")
+#: default largest frame (width x height) a run accepts: 8K UHD, 7680 x 4320 = 33.2 Mpx.
+#: One BGR frame of this size is 99.5 MB; wire.py sizes ZMQ_MAXMSGSIZE from it.
+MAX_PIXELS = 7680 * 4320
 
 
 @dataclass
 class AnnotateConfig:
     """Everything the stages need besides the input and output paths."""
 
+    # input
+    max_pixels: int = MAX_PIXELS        # larger frames are refused (every queued copy costs)
     # classifier
     backend: str = "auto"
     weights: str | None = None          # None: the shipped weights
@@ -24,7 +29,7 @@ class AnnotateConfig:
     classify_max_batch: int = 32        # faces per engine call
     classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
     classify_workers: int = 2           # parallel engine calls (threads, one core each)
-    align: str = "eyes"                 # eyes | landmarks | none (see stages/classify.py)
+    align: str = "eyes"                 # eyes | landmarks | none (see crops.py)
     crop_scale: float = 1.0             # square crop side / detected box's longer side
     crop_shift_y: float = 0.0           # crop centre moved down by this fraction of its side
     uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
@@ -65,6 +70,7 @@ class AnnotateConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.max_pixels >= 1, "max_pixels", ">= 1"),
             (self.cam_every >= 1, "cam_every", ">= 1"),
             (self.detect_every >= 1, "detect_every", ">= 1"),
             (self.detect_max_side >= 32, "detect_max_side", ">= 32"),

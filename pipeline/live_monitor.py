@@ -37,17 +37,20 @@ from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
 from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.live_stages import RESTART_INDEX_GAP
 from gimefive.pipeline.probe import check_output, is_live, probe_input
-from gimefive.pipeline.supervisor import StageProcess, Supervisor
+from gimefive.pipeline.supervisor import EXIT_NO_RESTART, StageProcess, Supervisor
 from gimefive.pipeline.wire import ipc_endpoint, private_ipc_dir
 
-from gimefive.config import CONFIG_DIR, load_config, to_dict
+from gimefive.config import load_config, shipped_config, to_dict
 from gimefive.errors import GimefiveError, StageError
+from gimefive.urls import from_arg_file, redact_url, url_arg
 
 log = logging.getLogger("gimefive.monitor")
-DEFAULT_MONITOR_CONFIG = CONFIG_DIR / "monitor.yaml"
+DEFAULT_MONITOR_CONFIG = shipped_config("monitor.yaml")
 LIVE_MODULE = "gimefive.pipeline.live_stage_main"
 PIPELINE_MODULE = "gimefive.pipeline.stage_main"
 MIDDLE_STAGES = ("detect", "classify", "track")
+STATUS_KEPT = 100     # status records kept in memory (the status file has them all)
+OUTAGES_KEPT = 1000   # ended outages kept for the final record (plus their totals)
 
 
 @dataclass
@@ -69,6 +72,10 @@ class MonitorConfig:
     push_transport: str = "udp"       # transport for --out rtsp://
     restart_budget: int = 5           # restarts per stage within restart_window_s
     restart_window_s: float = 600.0
+    restart_backoff_s: float = 0.5    # wait before a restart, doubling each time ...
+    restart_backoff_max_s: float = 30.0  # ... up to this
+    keep_age_s: float = 0.0           # delete finished segments older than this (0: keep)
+    keep_bytes: int = 0               # ... or beyond this total size per camera (0: keep)
     hwm: int = 1                      # messages queued per hop: small keeps latency low
     duration_s: float = 0.0           # stop after this long (0: until stopped)
     annotate_config: str | None = None  # YAML for the stages (default configs/annotate.yaml)
@@ -77,6 +84,10 @@ class MonitorConfig:
         checks = [(self.status_every_s > 0, "status_every_s", "> 0"),
                   (self.segment_s > 0, "segment_s", "> 0"),
                   (self.restart_budget >= 0, "restart_budget", ">= 0"),
+                  (self.restart_backoff_s >= 0, "restart_backoff_s", ">= 0"),
+                  (self.restart_backoff_max_s >= 0, "restart_backoff_max_s", ">= 0"),
+                  (self.keep_age_s >= 0, "keep_age_s", ">= 0 (0: keep all)"),
+                  (self.keep_bytes >= 0, "keep_bytes", ">= 0 (0: keep all)"),
                   (self.hwm >= 1, "hwm", ">= 1"), (self.duration_s >= 0, "duration_s", ">= 0"),
                   (self.max_reconnects >= -1, "max_reconnects", ">= -1 (-1: never give up)"),
                   (self.transport in ("tcp", "udp"), "transport", "tcp or udp"),
@@ -111,7 +122,7 @@ def parse_sources(specs: list[str]) -> dict[str, str]:
             raise GimefiveError(f"source id {name!r}: use letters, digits, - and _")
         if name in sources:
             raise GimefiveError(f"source id {name!r} given twice")
-        sources[name] = url
+        sources[name] = from_arg_file(url)  # [ID=]@FILE: the URL kept out of `ps`
     if not sources:
         raise GimefiveError("no source: give at least one rtsp:// URL (or a video file)")
     return sources
@@ -122,8 +133,8 @@ def check_monitor_inputs(sources: dict[str, str], cfg: MonitorConfig) -> dict[st
     infos = {}
     for name, url in sources.items():
         info = probe_input(url, transport=cfg.transport, timeout_s=cfg.open_timeout_s)
-        infos[name] = {"url": url, "codec": info.codec, "size": [info.width, info.height],
-                       "fps": info.fps}
+        infos[name] = {"url": redact_url(url), "codec": info.codec,
+                       "size": [info.width, info.height], "fps": info.fps}
     if cfg.out and not is_live(cfg.out):
         check_output(cfg.out)
         if Path(cfg.out).suffix.lower() not in (".mp4", ".mov", ".m4v"):
@@ -168,28 +179,11 @@ class LiveSupervisor(Supervisor):
                 proc.kill()
                 proc.wait()
 
-    def start(self, stage: StageProcess) -> None:
-        import subprocess
-
-        stage.log = self.log_dir / f"{stage.name}.log"
+    def command(self, stage: StageProcess) -> list[str]:
+        """Started by :meth:`Supervisor.spawn`, so stages die with a killed monitor too."""
         module = LIVE_MODULE if stage.name.startswith("source-") or stage.name == "annotate" \
             else PIPELINE_MODULE
-        cmd = [sys.executable, "-m", module, *stage.args, "--control", self.control_endpoint]
-        with open(stage.log, "ab") as log_file:
-            stage.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=log_file,
-                                          env=self._env(stage), preexec_fn=_die_with_parent)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the monitor dies (even by SIGKILL), so a
-    killed monitor leaves no stage running (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: stages then outlive a killed monitor
-        pass
+        return [sys.executable, "-m", module, *stage.args, "--control", self.control_endpoint]
 
 
 def rss_mb(pid: int) -> float | None:
@@ -221,27 +215,38 @@ class Monitor:
         self.index_from = {name: 0 for name in sources}
         self.restarts: dict[str, deque] = {}
         self.ended: dict[str, str] = {}
+        self.budget_spent = self.no_restart = ""  # why the run ended, if so
         self.started = time.monotonic()
         self.last_status: tuple[float, dict[str, tuple[int, int]]] | None = None
-        self.status_records: list[dict] = []
+        # bounded histories (the run may last weeks): the recent status records and
+        # outages; the totals are counted, and the status file has every record
+        self.status_records: deque[dict] = deque(maxlen=STATUS_KEPT)
         self.status_file = None
         self.final: dict[str, Any] = {}
-        self.outages_seen: dict[tuple, str] = {}
-        self.outage_log: list[dict] = []
+        self.outages_seen: dict[tuple, str] = {}  # only those the sources still report
+        self.outage_log: deque[dict] = deque(maxlen=OUTAGES_KEPT)
+        self.outages_total = 0
+        self.outage_s_total = 0.0
         self._drain_last = (-1, time.monotonic())
         self.log_dir = log_dir
+        self.directory: Path | None = None  # the run's private folder, set by run()
 
     # -- process layout
     def _args(self, name: str, endpoints: dict[str, str]) -> list[str]:
         config_json = json.dumps(to_dict(self.stage_config))
         if name.startswith("source-"):
             sid = name.removeprefix("source-")
-            return ["source", "--in", self.sources[sid], "--out", endpoints["detect"],
+            # URLs go as @FILE in the private folder: argv is readable by every local user
+            source = url_arg(self.directory, f"source-{sid}.url", self.sources[sid])
+            return ["source", "--in", source, "--out", endpoints["detect"],
                     "--stream", sid, "--live-json", json.dumps(self.cfg.live_options()),
                     "--index-from", str(self.index_from[sid]), "--config-json", config_json]
         if name == "annotate":
-            args = ["annotate", "--in", endpoints["annotate"], "--out", self.cfg.out or "-",
+            out = url_arg(self.directory, "output.url", self.cfg.out) if self.cfg.out else "-"
+            args = ["annotate", "--in", endpoints["annotate"], "--out", out,
                     "--streams", ",".join(self.sources), "--segment-s", str(self.cfg.segment_s),
+                    "--keep-age-s", str(self.cfg.keep_age_s),
+                    "--keep-bytes", str(self.cfg.keep_bytes),
                     "--push-transport", self.cfg.push_transport, "--config-json", config_json]
             return args + (["--json", self.cfg.json] if self.cfg.json else [])
         following = {"detect": "classify", "classify": "track", "track": "annotate"}[name]
@@ -264,7 +269,14 @@ class Monitor:
             self.sink_live = data.get("streams", {})
 
     def _log_outages(self, sid: str, outages: list[dict]) -> None:
-        """Log each outage when it starts and when it ends, with its duration."""
+        """Log each outage when it starts and when it ends, with its duration.
+
+        A source reports only its few most recent outages, so what was seen is kept for
+        those alone: an outage that left the source's list never comes back.
+        """
+        reported = {(sid, o.get("started")) for o in outages}
+        self.outages_seen = {k: v for k, v in self.outages_seen.items()
+                             if k[0] != sid or k in reported}
         for outage in outages:
             key = (sid, outage.get("started"))
             state = "open" if outage.get("duration_s") is None else "closed"
@@ -278,36 +290,55 @@ class Monitor:
                 log.warning("stream %s: back after %.1f s outage (%d attempt(s))", sid,
                             outage["duration_s"], outage.get("attempts", 0))
                 self.outage_log.append(outage)
+                self.outages_total += 1
+                self.outage_s_total += float(outage["duration_s"])
             self.outages_seen[key] = state
 
     def on_exit(self, stage: StageProcess, rc: int) -> bool:
         """Restart a crashed stage within the budget; True when handled."""
         name = stage.name
         if name.startswith("source-") and (name in self.ended or "gave up" in stage.error):
-            sid = name.removeprefix("source-")
             if name not in self.ended:
                 self.ended[name] = stage.error
-                log.error("stream %s ended: %s", sid, stage.error)
+                log.error("%s", stage.error)  # "camera ID gave up after N ...": one line
             return len(self.ended) < len(self.sources)  # the run fails when none is left
         window = self.restarts.setdefault(name, deque())
         now = time.monotonic()
         while window and now - window[0] > self.cfg.restart_window_s:
             window.popleft()
+        if rc == EXIT_NO_RESTART:  # e.g. disk full: a restart would fail the same way
+            self.no_restart = name
+            return False
+        reason = self.supervisor.failure(stage, rc)
         if len(window) >= self.cfg.restart_budget:
+            if name.startswith("source-"):  # only this camera ends; the others go on
+                return self._end_camera(name, f"restart budget spent ({self._budget()}), "
+                                              f"last: {reason}")
             self.budget_spent = name
             return False
         window.append(now)
-        reason = self.supervisor.failure(stage, rc)
-        log.warning("%s; restarting it (%d of %d within %.0f s)", reason, len(window),
-                    self.cfg.restart_budget, self.cfg.restart_window_s)
+        delay = min(self.cfg.restart_backoff_max_s,
+                    self.cfg.restart_backoff_s * 2 ** (len(window) - 1))
+        log.warning("%s; restarting it in %.1f s (%d of %d within %.0f s)", reason, delay,
+                    len(window), self.cfg.restart_budget, self.cfg.restart_window_s)
         if name.startswith("source-"):
             sid = name.removeprefix("source-")
             decoded = int(self.source_live.get(sid, {}).get("decoded", 0))
             self.index_from[sid] += decoded + RESTART_INDEX_GAP
             self.source_live.pop(sid, None)
             stage.args = self._args(name, self.endpoints)
-        self.supervisor.restart(name)
+        self.supervisor.restart(name, delay)
         return True
+
+    def _end_camera(self, name: str, why: str) -> bool:
+        """Camera ``name`` ends for good (one line); True while another camera is left."""
+        line = f"camera {name.removeprefix('source-')} ended: {why}"
+        self.ended[name] = line
+        log.error("%s", line)
+        return len(self.ended) < len(self.sources)
+
+    def _budget(self) -> str:
+        return f"{self.cfg.restart_budget} restarts within {self.cfg.restart_window_s:g} s"
 
     # -- status
     def status(self) -> dict[str, Any]:
@@ -320,6 +351,9 @@ class Monitor:
             decoded, written = int(src.get("decoded", 0)), int(sink.get("written", 0))
             counts[sid] = (decoded, written)
             fps_in = fps_out = None
+            # no frame written since the last status (an outage): no latency to show,
+            # rather than repeat the last frame's
+            fresh = previous is None or written != previous[1].get(sid, (0, -1))[1]
             if previous is not None and sid in previous[1]:
                 dt = max(1e-6, now - previous[0])
                 fps_in = round((decoded - previous[1][sid][0]) / dt, 1)
@@ -333,7 +367,8 @@ class Monitor:
                 "in_flight": max(0, int(src.get("sent", 0)) - written),
                 "reconnects": int(src.get("reconnects", 0)),
                 "outage_s": round(time.time() - open_outage["started"], 1) if open_outage else None,
-                "latency_s": sink.get("latency_s"), "faces": int(sink.get("faces", 0)),
+                "latency_s": sink.get("latency_s") if fresh else None,
+                "faces": int(sink.get("faces", 0)),
                 "ended": f"source-{sid}" in self.ended}
         self.last_status = (now, counts)
         stages = {s.name: {"restarts": s.restarts,
@@ -362,7 +397,7 @@ class Monitor:
     # -- run
     def run(self) -> dict[str, Any]:
         """Run until stopped (SIGINT/SIGTERM or ``duration_s``); returns the last status."""
-        self.budget_spent = ""
+        self.budget_spent = self.no_restart = ""
         self.last_tick = None
         status_path = self.cfg.status_json or (
             str(Path(self.cfg.json).with_suffix(".status.jsonl")) if self.cfg.json else None)
@@ -371,6 +406,7 @@ class Monitor:
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with private_ipc_dir("gimefive-monitor-") as directory:
+                self.directory = directory  # also where stage arguments holding URLs go
                 if status_path:
                     self.status_file = open(status_path, "a", buffering=1)  # noqa: SIM115
                 self.endpoints = {n: ipc_endpoint(directory, n)
@@ -413,16 +449,19 @@ class Monitor:
                 or annotate is None or annotate.proc.poll() is not None)
 
     def _failure_line(self, message: str) -> str:
+        if self.no_restart:
+            return f"{message}; not restarted: restarting cannot fix this"
         if self.budget_spent:
-            return (f"{message} (restart budget spent: {self.cfg.restart_budget} restarts "
-                    f"within {self.cfg.restart_window_s:g} s)")
+            return f"{message} (restart budget spent: {self._budget()})"
         if self.ended and len(self.ended) == len(self.sources):
             return f"no camera left: {'; '.join(self.ended.values())}"
         return message
 
     def _write_final(self) -> None:
         self.final["kind"] = "final"
-        self.final["outages"] = self.outage_log
+        self.final["outages"] = list(self.outage_log)  # the most recent OUTAGES_KEPT
+        self.final["outages_total"] = self.outages_total  # every outage that ended
+        self.final["outage_s_total"] = round(self.outage_s_total, 3)
         for sid, st in self.final["streams"].items():
             st["sent"] = int(self.source_live.get(sid, {}).get("sent", 0))
             # sent but never written: in flight at the stop, or lost in a crashed stage

@@ -37,11 +37,14 @@ import numpy as np
 from gimefive.pipeline.probe import is_live, open_options
 
 from gimefive.errors import GimefiveError
+from gimefive.urls import redact_text, redact_url
 
 log = logging.getLogger("gimefive.live")
 
 #: timestamps of live frames: the run's monotonic clock in these units
 LIVE_TIME_BASE = Fraction(1, 90000)
+#: recent outages a reader remembers (older ones are in the log and the totals)
+OUTAGES_KEPT = 100
 
 
 class LiveSourceError(GimefiveError):
@@ -111,12 +114,17 @@ class LiveFrame:
 
 @dataclass
 class LiveCounters:
+    """Totals of the run, and the most recent outages (at most ``OUTAGES_KEPT``: a camera
+    that drops every few minutes for weeks must not grow the process); ``reconnects``
+    counts every outage that ended, so the totals stay right."""
+
     decoded: int = 0
     dropped: int = 0
     decode_errors: int = 0
     reconnects: int = 0
     connected: bool = False
-    outages: list[Outage] = field(default_factory=list)
+    outages: collections.deque[Outage] = field(
+        default_factory=lambda: collections.deque(maxlen=OUTAGES_KEPT))
 
 
 class LiveReader:
@@ -171,14 +179,21 @@ class LiveReader:
                 outage.attempts += 1
                 limit = self.options.max_reconnects
                 if limit is not None and attempt > limit:
-                    raise LiveSourceError(
-                        f"stream {self.stream_id}: gave up after {attempt - 1} reconnect "
-                        f"attempt(s) ({reason}): {self.url}") from None
+                    raise self._gave_up(attempt - 1, reason) from None
                 delay = self.options.backoff(attempt)
                 log.debug("stream %s: attempt %d failed (%s); next in %.2f s",
                           self.stream_id, attempt, reason, delay)
                 self.stop.wait(delay)
         raise StreamLost("stopped")
+
+    def _gave_up(self, reconnects: int, reason: str) -> LiveSourceError:
+        """The one line saying this camera is given up (the monitor prints it as is).
+
+        No URL in it: the camera's id names it, and a URL may hold a password (the
+        reason is already redacted by :func:`_reason`).
+        """
+        return LiveSourceError(f"camera {self.stream_id} gave up after {reconnects} "
+                               f"reconnect attempt(s): {reason}")
 
     def _begin_outage(self, reason: str, started: float | None = None,
                       attempts: int = 0) -> Outage:
@@ -289,8 +304,8 @@ class _Pacer:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, av.error.FFmpegError):
-        return exc.strerror or type(exc).__name__
-    return str(exc) or type(exc).__name__
+        return redact_text(exc.strerror or type(exc).__name__)
+    return redact_text(str(exc) or type(exc).__name__)
 
 
 class DropOldestQueue:
@@ -387,7 +402,8 @@ class LiveSource:
     def stats(self) -> dict[str, Any]:
         """Counters for the status line and the JSON (``dropped`` = dropped by the queue)."""
         c = self.reader.counters
-        return {"stream": self.stream_id, "url": self.reader.url, "connected": c.connected,
+        return {"stream": self.stream_id, "url": redact_url(self.reader.url),
+                "connected": c.connected,
                 "decoded": c.decoded, "delivered": self.delivered, "dropped": self.queue.dropped,
                 "queue": len(self.queue),
                 "decode_errors": c.decode_errors, "reconnects": c.reconnects,

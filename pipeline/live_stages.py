@@ -35,6 +35,7 @@ from gimefive.pipeline.stages.annotate import AnnotateStage
 from gimefive.pipeline.wire import EndOfStream, FrameMsg, Message, TrackedMsg
 
 from gimefive.errors import GimefiveError
+from gimefive.urls import redact_url
 
 REPORT_EVERY_S = 1.0
 #: a restarted source continues numbering this far past the last reported frame, so no
@@ -65,7 +66,7 @@ class LiveSourceStage(Stage):
         self.time_base = [LIVE_TIME_BASE.numerator, LIVE_TIME_BASE.denominator]
 
     def info(self) -> dict[str, Any]:
-        return {"stream": self.stream_id, "url": str(self.job["input"])}
+        return {"stream": self.stream_id, "url": redact_url(self.job["input"])}
 
     def live_stats(self) -> dict[str, Any]:
         stats = self.source.stats()
@@ -87,6 +88,7 @@ class LiveSourceStage(Stage):
                 last_report = now
             if frame is None:
                 if self.source.done:
+                    self._raise_if_gave_up()
                     break
                 continue
             rate = self.source.reader.rate
@@ -103,6 +105,14 @@ class LiveSourceStage(Stage):
         self.counters.update(decoded=self.source.reader.counters.decoded,
                              dropped=self.source.queue.dropped)
         yield EndOfStream(stream=self.stream_id, frames=self.sent, reason="stopped")
+
+    def _raise_if_gave_up(self) -> None:
+        """A reader that ended with an error (its reconnect budget spent) fails the stage
+        with that error's line, so the monitor sees the camera given up; ending quietly
+        with a "stopped" end-of-stream would look like a normal end and the stage would
+        wait for the drain, exit 0 and leave the camera DOWN for ever."""
+        if self.source.error is not None:
+            raise self.source.error
 
     def close(self) -> None:
         if hasattr(self, "source"):
@@ -127,8 +137,10 @@ class LiveVideoSink(Sink):
     needs_image = True
 
     def __init__(self, base: str, streams: list[str], segment_s: float, codec: str,
-                 crf: int, preset: str, push_transport: str = "udp") -> None:
+                 crf: int, preset: str, push_transport: str = "udp",
+                 keep: dict[str, float] | None = None) -> None:
         self.base, self.streams = base, streams
+        self.keep = keep or {}  # SegmentWriter's retention: keep_age_s, keep_bytes
         self.segment_s, self.codec, self.crf, self.preset = segment_s, codec, crf, preset
         self.push_transport = push_transport
         self.outputs: dict[str, SegmentWriter | RtspPushSink] = {}
@@ -143,7 +155,8 @@ class LiveVideoSink(Sink):
                                    codec=self.codec)
             else:
                 out = SegmentWriter(target, segment_s=self.segment_s, fps=fps,
-                                    codec=self.codec, crf=self.crf, preset=self.preset)
+                                    codec=self.codec, crf=self.crf, preset=self.preset,
+                                    **self.keep)
             self.outputs[msg.stream] = out
         return out
 
@@ -189,7 +202,7 @@ class LiveJsonSink(Sink):
 
 class LiveAnnotateStage(AnnotateStage):
     """Job keys: ``output`` (file base or rtsp:// URL), ``json``, ``streams`` (ids),
-    ``segment_s``, ``push_transport``."""
+    ``segment_s``, ``push_transport``, ``keep_age_s``, ``keep_bytes``."""
 
     name = "annotate"
 
@@ -205,7 +218,9 @@ class LiveAnnotateStage(AnnotateStage):
         if job.get("output"):
             sinks.append(LiveVideoSink(str(job["output"]), list(job.get("streams") or []),
                                        float(job.get("segment_s") or 10.0), c.codec, c.crf,
-                                       c.preset, job.get("push_transport") or "udp"))
+                                       c.preset, job.get("push_transport") or "udp",
+                                       keep={"keep_age_s": float(job.get("keep_age_s") or 0),
+                                             "keep_bytes": int(job.get("keep_bytes") or 0)}))
         if job.get("json"):
             sinks.append(LiveJsonSink(job["json"]))
         return sinks
@@ -218,11 +233,24 @@ class LiveAnnotateStage(AnnotateStage):
         s["latency_s"] = round(time.time() - msg.t_decoded, 3)
         s["last_index"] = msg.index
         s["source"] = msg.extra.get("live", {})
+        self._report_if_due()
+        return out
+
+    def wait_ms(self) -> float | None:
+        """Until the next report is due: the runner calls :meth:`flush` then even when no
+        frame comes (every camera in an outage), so the frames written just before an
+        outage are reported and the status never repeats stale counts."""
+        return max(0.0, 1000 * (self.last_report + REPORT_EVERY_S - time.monotonic()))
+
+    def flush(self) -> list[Message]:
+        self._report_if_due()
+        return []
+
+    def _report_if_due(self) -> None:
         now = time.monotonic()
         if now - self.last_report >= REPORT_EVERY_S:
             self.last_report = now
             self.report("live", streams=self.per_stream)
-        return out
 
     def end_stream(self, eos: EndOfStream):
         return iter(())  # a camera that stopped does not end the other cameras' outputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,35 @@ def _reconnects(ctx, param, value):
     if value is not None and value < -1:
         raise click.BadParameter(f"must be >= 0, or -1 for never give up; got {value}")
     return value
+
+
+_UNITS = {"duration": {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400},
+          "size": {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}}
+_EXAMPLES = {"duration": "a duration like 90s, 30m, 24h or 7d",
+             "size": "a size like 500M, 10G or 1T"}
+
+
+def _amount(text: str, kind: str) -> float:
+    """``"24h"`` -> 86400.0 (kind "duration"), ``"10G"`` -> 10 * 2**30 (kind "size")."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]?)(?:i?[bB])?\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if unit not in _UNITS[kind]:
+        raise click.BadParameter(f"expected {_EXAMPLES[kind]}, got {text!r}")
+    return float(match.group(1)) * _UNITS[kind][unit]
+
+
+def parse_duration(text: str) -> float:
+    return _amount(text, "duration")
+
+
+def parse_size(text: str) -> int:
+    return int(_amount(text, "size"))
+
+
+def _keep(ctx, param, value):
+    if value is None:
+        return None
+    return parse_size(value) if param.name == "keep_size" else parse_duration(value)
 
 
 @click.command("monitor", context_settings={"show_default": True})
@@ -47,6 +77,12 @@ def _reconnects(ctx, param, value):
               help="Seconds between status lines [config: 10].")
 @click.option("--segment", "segment_s", type=float, callback=_positive, default=None,
               help="Length of each output segment in seconds [config: 10].")
+@click.option("--keep-age", callback=_keep, default=None, metavar="DURATION",
+              help="Delete finished segments older than this (90s, 30m, 24h, 7d) and drop "
+                   "them from the .ffconcat list [config: keep all].")
+@click.option("--keep-size", callback=_keep, default=None, metavar="SIZE",
+              help="Per camera, delete the oldest finished segments beyond this total "
+                   "(500M, 10G, 1T) [config: keep all].")
 @click.option("--duration", "duration_s", type=float, callback=_positive, default=None,
               help="Stop after this many seconds (default: run until Ctrl-C/SIGTERM).")
 @click.option("--backend", default=None, help="Classifier engine: auto|torch|onnxruntime|"
@@ -68,7 +104,8 @@ def _reconnects(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="No status lines (the JSON still gets them).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every reconnect attempt.")
 def monitor_command(urls, sources, out, json_path, status_json, transport, stall_timeout,
-                    max_reconnects, status_every, segment_s, duration_s, backend, weights,
+                    max_reconnects, status_every, segment_s, keep_age, keep_size,
+                    duration_s, backend, weights,
                     detect_every, cam_every, no_cam, config_path, stage_config, log_dir, quiet,
                     verbose):
     """Monitor live cameras: faces, emotions and Grad-CAM, for days, through outages.
@@ -95,7 +132,8 @@ def monitor_command(urls, sources, out, json_path, status_json, transport, stall
         config_path, out=out, json=str(json_path) if json_path else None,
         status_json=str(status_json) if status_json else None, transport=transport,
         stall_timeout_s=stall_timeout, max_reconnects=max_reconnects,
-        status_every_s=status_every, segment_s=segment_s, duration_s=duration_s)
+        status_every_s=status_every, segment_s=segment_s, duration_s=duration_s,
+        keep_age_s=keep_age, keep_bytes=keep_size)
     all_sources = [*urls, *sources] or list(cfg.sources)
     if not all_sources:
         raise click.UsageError("give at least one camera URL (or --source, or sources: in "

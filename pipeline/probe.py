@@ -24,8 +24,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from gimefive.pipeline.config import MAX_PIXELS
 
 from gimefive.errors import GimefiveError
+from gimefive.urls import redact_text, redact_url
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "srt://")
 #: packets read while looking for the first decodable frame before giving up
@@ -40,7 +42,7 @@ class ProbeError(GimefiveError):
 class StreamInfo:
     """What the source stage needs to know about an input's video stream."""
 
-    url: str
+    url: str                 # as shown: a password in it is masked (gimefive.urls)
     live: bool
     codec: str
     width: int
@@ -67,10 +69,11 @@ def open_options(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> di
 
 
 def probe_input(url: str | os.PathLike, *, transport: str = "tcp",
-                timeout_s: float = 5.0) -> StreamInfo:
+                timeout_s: float = 5.0, max_pixels: int = MAX_PIXELS) -> StreamInfo:
     """Open ``url``, decode one video frame to BGR uint8 and describe the stream.
 
-    Raises :class:`ProbeError` with one line naming the input and the problem.
+    Raises :class:`ProbeError` with one line naming the input (its password masked:
+    see :mod:`gimefive.urls`) and the problem.
     """
     live = is_live(url)
     name = str(url)
@@ -80,9 +83,9 @@ def probe_input(url: str | os.PathLike, *, transport: str = "tcp",
         container = av.open(name, options=open_options(name, transport, timeout_s),
                             timeout=(timeout_s, timeout_s) if live else None)
     except av.error.FFmpegError as exc:
-        raise ProbeError(_open_failure(name, exc, live, timeout_s)) from None
+        raise ProbeError(_open_failure(redact_url(name), exc, live, timeout_s)) from None
     try:
-        return _describe(container, name, live)
+        return _describe(container, redact_url(name), live, max_pixels)
     finally:
         container.close()
 
@@ -133,7 +136,7 @@ def _iso_bmff_problem(path: Path, size: int) -> str | None:
 
 
 def _open_failure(name: str, exc: av.error.FFmpegError, live: bool, timeout_s: float) -> str:
-    reason = getattr(exc, "strerror", None) or str(exc)
+    reason = redact_text(getattr(exc, "strerror", None) or str(exc))
     if live:
         if isinstance(exc, av.error.HTTPNotFoundError):
             return f"the RTSP server has no stream at this path (404 Not Found): {name}"
@@ -150,7 +153,8 @@ def _open_failure(name: str, exc: av.error.FFmpegError, live: bool, timeout_s: f
     return f"cannot open input ({reason}): {name}"
 
 
-def _describe(container: av.container.InputContainer, name: str, live: bool) -> StreamInfo:
+def _describe(container: av.container.InputContainer, name: str, live: bool,
+              max_pixels: int = MAX_PIXELS) -> StreamInfo:
     videos = container.streams.video
     if not videos:
         found = ", ".join(f"{s.type} {s.codec_context.name if s.codec_context else '?'}"
@@ -161,7 +165,10 @@ def _describe(container: av.container.InputContainer, name: str, live: bool) -> 
     if ctx is None or not ctx.name:
         raise ProbeError(f"unsupported video codec (FFmpeg has no decoder for video "
                          f"stream #{stream.index}): {name}")
+    if not live or (ctx.width and ctx.height):  # a camera may tell its size only by a frame
+        check_frame_size(ctx.width, ctx.height, max_pixels, name)  # before decoding one
     frame = _first_frame(container, stream, name)
+    check_frame_size(frame.width, frame.height, max_pixels, name)
     try:
         bgr = frame.to_ndarray(format="bgr24")
     except (av.error.FFmpegError, ValueError) as exc:
@@ -177,6 +184,18 @@ def _describe(container: av.container.InputContainer, name: str, live: bool) -> 
         has_audio=bool(container.streams.audio))
 
 
+def check_frame_size(width: int, height: int, max_pixels: int, name: str) -> None:
+    """Refuse an empty frame size, or frames over ``max_pixels``: each queued copy of a
+    16K x 16K frame is 800 MB. The source stage checks every frame with it too."""
+    if width <= 0 or height <= 0:
+        raise ProbeError(f"the video stream has an empty frame size ({width}x{height}): "
+                         f"{name}")
+    if width * height > max_pixels:
+        raise ProbeError(f"frames of {width}x{height} ({width * height / 1e6:.1f} Mpx) exceed "
+                         f"max_pixels {max_pixels} (raise it in the config to accept them): "
+                         f"{name}")
+
+
 def _first_frame(container, stream, name: str) -> av.VideoFrame:
     try:
         for count, packet in enumerate(container.demux(stream)):
@@ -185,7 +204,7 @@ def _first_frame(container, stream, name: str) -> av.VideoFrame:
             if count >= MAX_PROBE_PACKETS:
                 break
     except av.error.FFmpegError as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        reason = redact_text(getattr(exc, "strerror", None) or str(exc))
         raise ProbeError(f"cannot decode the video stream ({stream.codec_context.name}: "
                          f"{reason}): {name}") from None
     raise ProbeError(f"the video stream has no decodable frame "
@@ -212,6 +231,15 @@ def check_output(target: str | os.PathLike, what: str = "output") -> str:
         raise ProbeError(f"{what} folder is not a directory: {parent}")
     check_writable_dir(parent, what)
     return name
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: by identity (device and inode) when both exist,
+    which sees through hard links and symbolic links; else by resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def check_writable_dir(folder: str | os.PathLike, what: str = "output") -> Path:

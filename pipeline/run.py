@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
-from gimefive.pipeline.probe import check_output, is_live, probe_input
+from gimefive.pipeline.probe import check_output, is_live, probe_input, same_file
 from gimefive.pipeline.stage import StageRunner, Stopped
 from gimefive.pipeline.stages import STAGES, stage_class
 from gimefive.pipeline.supervisor import StageProcess, Supervisor
@@ -34,6 +34,7 @@ from gimefive.pipeline.wire import (
 
 from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError, StageError
+from gimefive.urls import redact_text, url_arg
 
 ANNOTATE_STAGES = ("source", "detect", "classify", "track", "annotate")
 
@@ -66,8 +67,9 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
         if control:  # under a supervisor stderr is the stage's log file
             import traceback
 
-            traceback.print_exc()
+            sys.stderr.write(redact_text(traceback.format_exc()))
         message = f"{type(exc).__name__}: {exc}"
+    message = redact_text(message)  # an FFmpeg error may quote the URL it opened
     report_stage_error(control, name, message)
     raise StageError(f"stage {name}: {message}")
 
@@ -92,31 +94,67 @@ class AnnotateResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _check_paths(input_path: Path | str, outputs: list[Path | None]) -> None:
-    """One clear line for an unusable input or output, before any stage starts."""
-    probe_input(input_path)
-    for out, what in zip(outputs, ("output", "JSON lines output", "CAM output"), strict=True):
-        if out is None:
-            continue
-        if isinstance(input_path, Path) and out.resolve() == input_path.resolve():
-            raise GimefiveError(f"{what} {out} would overwrite the input")
+#: how each output is named in error lines
+OUTPUT_NAMES = {"output": "output", "json": "JSON lines output", "cam_npz": "CAM output",
+                "summary": "summary"}
+
+
+def _check_paths(input_path: Path | str, outputs: dict[str, Path | None], max_pixels: int,
+                 force: bool = False) -> None:
+    """One clear line for an unusable input or output, before any stage starts.
+
+    Outputs are compared with the input and with each other by file identity, so a hard
+    link to the input is the input; an existing output needs ``force``.
+    """
+    probe_input(input_path, max_pixels=max_pixels)
+    named = [(OUTPUT_NAMES[key], out) for key, out in outputs.items() if out is not None]
+    for i, (what, out) in enumerate(named):
+        if isinstance(input_path, Path) and same_file(out, input_path):
+            raise GimefiveError(f"{what} {out} is the input file")
+        for other_what, other in named[:i]:
+            if same_file(out, other):
+                raise GimefiveError(f"{what} {out} is the same file as the {other_what}")
         check_output(out, what)
+        if out.exists() and not force:
+            raise GimefiveError(f"{what} {out} already exists (give --force to overwrite it)")
+
+
+def _partial_name(path: Path) -> Path:
+    """Where ``path`` is written until the run succeeds: beside it (so the rename is
+    atomic), hidden, with its suffix (which picks the container format)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+
+
+def _publish(partial: dict[str, Path], finals: dict[str, Path | None]) -> None:
+    """Rename each finished output to its final name (an output never opened, e.g. the
+    video of an input without frames, leaves an earlier file alone)."""
+    for key, path in partial.items():
+        if path.exists():
+            os.replace(path, finals[key])
 
 
 def stage_args(name: str, endpoints: dict[str, str], config: AnnotateConfig,
-               job: dict[str, Any]) -> list[str]:
-    """Command-line arguments that start stage ``name`` of an annotate job."""
+               job: dict[str, Any], private_dir: Path) -> list[str]:
+    """Command-line arguments that start stage ``name`` of an annotate job.
+
+    A URL (input, ``--audio-from``) goes as ``@FILE`` in ``private_dir`` (0700), never in
+    argv, where every local user could read a password in it.
+    """
     order = list(ANNOTATE_STAGES)
     i = order.index(name)
-    in_ = job["input"] if name == "source" else endpoints[name]
-    out = job["output"] if name == "annotate" else endpoints[order[i + 1]]
+    in_ = url_arg(private_dir, "input.url", job["input"]) if name == "source" \
+        else endpoints[name]
+    out = url_arg(private_dir, "output.url", job["output"]) if name == "annotate" \
+        else endpoints[order[i + 1]]
     args = ["--in", str(in_), "--out", str(out), "--config-json", json.dumps(to_dict(config))]
     if name == "source" and job.get("gate"):
         args += ["--gate", job["gate"]]
     if name == "annotate":
         for key in ("json", "cam_npz", "audio_from"):
             if job.get(key):
-                args += [f"--{key.replace('_', '-')}", str(job[key])]
+                value = url_arg(private_dir, "audio.url", str(job[key])) \
+                    if key == "audio_from" else str(job[key])
+                args += [f"--{key.replace('_', '-')}", value]
     return args
 
 
@@ -154,8 +192,13 @@ class _Progress:
 def annotate_video(input_path: str | Path, output: str | Path | None,
                    json_path: str | Path | None = None, cam_npz: str | Path | None = None,
                    config: AnnotateConfig | None = None, progress: bool = True,
-                   save_resolved_config: bool = True) -> AnnotateResult:
-    """Annotate a video file; every input frame appears once in ``output``, same timing."""
+                   save_resolved_config: bool = True, summary_path: str | Path | None = None,
+                   force: bool = False) -> AnnotateResult:
+    """Annotate a video file; every input frame appears once in ``output``, same timing.
+
+    ``summary_path``: also write the summary there as JSON. ``force``: replace existing
+    outputs (never the input). Outputs appear under their names only if the run succeeds.
+    """
     config = config or load_annotate_config()
     # a URL stays a string: Path("rtsp://h/x") would collapse the "//"
     input_path = str(input_path) if is_live(input_path) else Path(input_path)
@@ -164,22 +207,44 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     cam_npz = Path(cam_npz) if cam_npz else None
     if output is None and json_path is None:
         raise GimefiveError("nothing to write: give an output video and/or a JSON lines file")
-    _check_paths(input_path, [output, json_path, cam_npz])  # one clear line, before any stage
+    summary_path = Path(summary_path) if summary_path else None
+    finals = {"output": output, "json": json_path, "cam_npz": cam_npz, "summary": summary_path}
+    # one clear line, before any stage
+    _check_paths(input_path, finals, config.max_pixels, force)
     if config.landmarks68:
         from gimefive.landmarks68 import unavailable_reason
 
         if reason := unavailable_reason():
             raise GimefiveError(reason)
+    # written under partial names, renamed when the run succeeded: a failed run leaves no
+    # partial file under a final name, and an earlier file there is not lost
+    partial = {key: _partial_name(path) for key, path in finals.items() if path}
+    try:
+        result = _run_job(input_path, partial, config, progress)
+        if "summary" in partial:
+            partial["summary"].write_text(json.dumps(result.to_dict(), indent=2))
+        _publish(partial, finals)
+    finally:
+        for path in partial.values():  # left only after a failure
+            path.unlink(missing_ok=True)
+    if save_resolved_config and output is not None:
+        save_config(config, output.with_name(output.name + ".config.yaml"))
+    return result
+
+
+def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateConfig,
+             progress: bool) -> AnnotateResult:
+    """Run the five stages, which write to the ``partial`` paths; summarise the run."""
     config.streams = 1
-    job = {"input": str(input_path), "output": str(output) if output else "",
-           "json": json_path, "cam_npz": cam_npz,
+    job = {"input": str(input_path), "output": str(partial.get("output", "")),
+           "json": partial.get("json"), "cam_npz": partial.get("cam_npz"),
            "audio_from": str(input_path) if config.audio else None}
     bar = _Progress(progress)
     start = time.perf_counter()
     with private_ipc_dir() as directory:
         endpoints = {name: ipc_endpoint(directory, name) for name in STAGES}
         job["gate"] = ipc_endpoint(directory, "gate")
-        processes = [StageProcess(name, stage_args(name, endpoints, config, job),
+        processes = [StageProcess(name, stage_args(name, endpoints, config, job, directory),
                                   threads=_threads(name, config)) for name in ANNOTATE_STAGES]
         supervisor = Supervisor(processes, ipc_endpoint(directory, "control"), directory,
                                 on_event=bar.event, gate_endpoint=job["gate"])
@@ -190,10 +255,7 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
         finally:
             supervisor.stop()
             bar.close()
-    result = summarize(stages, time.perf_counter() - start)
-    if save_resolved_config and output is not None:
-        save_config(config, output.with_name(output.name + ".config.yaml"))
-    return result
+    return summarize(stages, time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -270,6 +332,11 @@ def format_summary(result: AnnotateResult) -> str:
     if "latency_ms_p50" in latency:
         lines.append("latency decode->written ms: " + ", ".join(
             f"p{q} {latency[f'latency_ms_p{q}']:.0f}" for q in (50, 95, 99)))
+    repaired = max((st["counters"].get("pts_repaired", 0) for st in result.stages.values()),
+                   default=0)  # the source repairs; the sink only repairs what is left
+    if repaired:
+        lines.append(f"repaired {repaired:.0f} timestamp(s) that were missing, repeated or "
+                     f"went back (every frame kept)")
     malformed = sum(st["malformed"] for st in result.stages.values())
     if malformed:
         lines.append(f"dropped {malformed} malformed message(s)")

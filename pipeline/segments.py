@@ -17,6 +17,8 @@ could not push, without ever blocking the pipeline.
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 import time
 from fractions import Fraction
@@ -25,8 +27,10 @@ from typing import Any
 
 import av
 import numpy as np
+from gimefive.pipeline.timestamps import IncreasingPts
 
 from gimefive.errors import GimefiveError
+from gimefive.urls import redact_text, redact_url
 
 SEGMENT_TIME_BASE = Fraction(1, 90000)
 FRAGMENT_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
@@ -65,6 +69,12 @@ def _open_video_stream(container, codec: str, width: int, height: int, fps: floa
     return stream
 
 
+def concat_line(name: str) -> str:
+    """The ffconcat ``file`` line for ``name``: quoted, each ``'`` written as ``'\\''``
+    (close the quote, an escaped quote, reopen), as FFmpeg's tokenizer reads it."""
+    return "file '" + name.replace("'", "'\\''") + "'\n"
+
+
 class SegmentWriter:
     """BGR frames with timestamps in seconds -> ``NAME_#####.mp4`` fragmented segments.
 
@@ -74,29 +84,39 @@ class SegmentWriter:
     """
 
     def __init__(self, base: str | Path, segment_s: float = 10.0, fps: float = 25.0,
-                 codec: str = "libx264", crf: int = 23, preset: str = "veryfast") -> None:
+                 codec: str = "libx264", crf: int = 23, preset: str = "veryfast",
+                 keep_age_s: float = 0.0, keep_bytes: int = 0) -> None:
         base = Path(base)
         if base.suffix.lower() not in (".mp4", ".mov", ".m4v"):
             raise GimefiveError(f"segment output must end in .mp4 or .mov, got {base.name}")
+        if any(c in base.name for c in "\r\n"):  # one ffconcat line per segment
+            raise GimefiveError(f"segment output name must not contain a line break: "
+                                f"{base.name!r}")
         if segment_s <= 0:
             raise GimefiveError(f"segment length must be > 0 s, got {segment_s}")
         self.base, self.segment_s, self.fps = base, segment_s, fps
+        self.keep_age_s, self.keep_bytes = keep_age_s, keep_bytes  # 0: keep everything
         self.codec, self.crf, self.preset = encoder_name(codec), crf, preset
         self.playlist = base.with_suffix(".ffconcat")
         self.container = self.stream = None
         self.number = self._next_number()
         self.segment_start: float | None = None
-        self.last_pts = -1
+        self.clock = IncreasingPts()
         self.size: tuple[int, int] | None = None
         self.frames = 0
         self.segments: list[Path] = []
 
-    def _next_number(self) -> int:
+    def _existing(self) -> list[tuple[int, Path]]:
+        """This base's ``NAME_#####`` segments on disk (any run's), oldest first."""
         pattern = re.compile(re.escape(self.base.stem) + r"_(\d{5,})" + re.escape(self.base.suffix)
                              + "$")
-        numbers = [int(m.group(1)) for p in self.base.parent.glob(f"{self.base.stem}_*")
-                   if (m := pattern.match(p.name))]
-        return max(numbers) + 1 if numbers else 0
+        candidates = self.base.parent.glob(f"{glob.escape(self.base.stem)}_*")
+        found = [(int(m.group(1)), p) for p in candidates if (m := pattern.match(p.name))]
+        return sorted(found)
+
+    def _next_number(self) -> int:
+        existing = self._existing()
+        return existing[-1][0] + 1 if existing else 0
 
     def segment_path(self, number: int) -> Path:
         return self.base.with_name(f"{self.base.stem}_{number:05d}{self.base.suffix}")
@@ -112,12 +132,20 @@ class SegmentWriter:
         self.stream = _open_video_stream(self.container, self.codec, width, height, self.fps,
                                          self.crf, self.preset, live=True)
         self.size = (width, height)
-        self.segment_start, self.last_pts = t, -1
+        self.segment_start, self.clock = t, IncreasingPts()  # each segment starts at 0
         self.segments.append(path)
-        if not self.playlist.exists():
-            self.playlist.write_text("ffconcat version 1.0\n")
-        with self.playlist.open("a") as f:
-            f.write(f"file '{path.name}'\n")
+        self._list(path)
+
+    def _list(self, path: Path) -> None:
+        """Append ``path`` to the playlist, created with its header on first use."""
+        try:
+            if not self.playlist.exists():
+                self.playlist.write_text("ffconcat version 1.0\n")
+            with self.playlist.open("a") as f:
+                f.write(concat_line(path.name))
+        except OSError as exc:  # e.g. disk full: the cause stays in __context__
+            raise GimefiveError(f"cannot write {self.playlist}: {exc.strerror or exc}") \
+                from None
 
     def write(self, image: np.ndarray, t: float) -> None:
         """Append one frame shown at ``t`` seconds on the live timeline."""
@@ -126,11 +154,10 @@ class SegmentWriter:
             self._finish_segment()
         if self.container is None:
             self._start_segment(image, t)
-        pts = max(self.last_pts + 1, round((t - self.segment_start) / SEGMENT_TIME_BASE))
+        pts = self.clock(round((t - self.segment_start) / SEGMENT_TIME_BASE))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
         frame.pts, frame.time_base = pts, SEGMENT_TIME_BASE
         self.container.mux(self.stream.encode(frame))
-        self.last_pts = pts
         self.frames += 1
 
     def _finish_segment(self) -> None:
@@ -140,6 +167,45 @@ class SegmentWriter:
         finally:
             container.close()
             self.number += 1
+        if self.keep_age_s > 0 or self.keep_bytes > 0:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Retention: delete the oldest finished segments older than ``keep_age_s`` or
+        beyond ``keep_bytes`` in total (the newest finished one always stays), then drop
+        them from the playlist. Runs between segments, so none is being written."""
+        finished = []
+        for _, path in self._existing():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            finished.append((path, st.st_size, st.st_mtime))
+        total, now, doomed = sum(size for _, size, _ in finished), time.time(), []
+        for path, size, mtime in finished[:-1]:
+            too_old = self.keep_age_s > 0 and now - mtime > self.keep_age_s
+            too_big = self.keep_bytes > 0 and total > self.keep_bytes
+            if not (too_old or too_big):
+                break
+            doomed.append(path)
+            total -= size
+        if doomed:
+            self._unlist(doomed)
+            for path in doomed:
+                path.unlink(missing_ok=True)
+            self.segments = [p for p in self.segments if p not in doomed]
+
+    def _unlist(self, paths: list[Path]) -> None:
+        """Rewrite the playlist without ``paths`` (temporary file + rename: a reader or a
+        crash never sees half a list)."""
+        if not self.playlist.exists():
+            return
+        gone = {concat_line(p.name) for p in paths}
+        kept = [ln for ln in self.playlist.read_text().splitlines(keepends=True)
+                if ln not in gone]
+        tmp = self.playlist.with_name(self.playlist.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.playlist)
 
     def close(self) -> None:
         """Finalise the current segment (safe to call twice)."""
@@ -156,13 +222,15 @@ class RtspPushSink:
                  codec: str = "libx264", preset: str = "ultrafast", crf: int = 28,
                  backoff_max_s: float = 5.0) -> None:
         if not url.lower().startswith("rtsp://"):
-            raise GimefiveError(f"RTSP output must be rtsp://HOST:PORT/PATH, got {url}")
+            raise GimefiveError(f"RTSP output must be rtsp://HOST:PORT/PATH, got "
+                                f"{redact_url(url)}")
         self.url, self.fps, self.transport = url, fps, transport
         self.codec, self.preset, self.crf = encoder_name(codec), preset, crf
         self.backoff_max_s = backoff_max_s
         self.container = self.stream = None
         self.t0: float | None = None
         self.last_pts = -1
+        self.clock = IncreasingPts()
         self.pushed = self.dropped = self.connects = self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
@@ -178,14 +246,14 @@ class RtspPushSink:
             height, width = image.shape[:2]
             self.stream = _open_video_stream(self.container, self.codec, width, height,
                                              self.fps, self.crf, self.preset, live=True)
-            self.t0, self.last_pts = None, -1
+            self.t0, self.last_pts, self.clock = None, -1, IncreasingPts()
             return True
         except (av.error.FFmpegError, OSError) as exc:
             self._disconnect(exc)
             return False
 
     def _disconnect(self, exc: BaseException) -> None:
-        self.last_error = getattr(exc, "strerror", None) or str(exc)
+        self.last_error = redact_text(getattr(exc, "strerror", None) or str(exc))
         if self.container is not None:
             try:
                 self.container.close()
@@ -201,7 +269,7 @@ class RtspPushSink:
             return
         if self.t0 is None:
             self.t0 = t
-        pts = max(self.last_pts + 1, round((t - self.t0) / SEGMENT_TIME_BASE))
+        pts = self.clock(round((t - self.t0) / SEGMENT_TIME_BASE))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
         frame.pts, frame.time_base = pts, SEGMENT_TIME_BASE
         try:
@@ -216,7 +284,7 @@ class RtspPushSink:
             self.dropped += 1
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.url, "pushed": self.pushed, "dropped": self.dropped,
+        return {"url": redact_url(self.url), "pushed": self.pushed, "dropped": self.dropped,
                 "connects": self.connects, "connected": self.container is not None,
                 "last_error": self.last_error}
 

@@ -3,6 +3,7 @@
 Each sink takes ``write(msg, image)`` once per frame, in order, and ``close()`` once;
 close finalises what was written (also after an error or SIGTERM), so a stopped run
 leaves a playable video and complete JSON lines up to the last frame written.
+(``gimefive annotate`` points them at partial names and renames only after success.)
 A live sink (RTSP push, segments) implements the same two methods.
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import zipfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 from gimefive.pipeline.wire import TrackedMsg
 
 from gimefive.errors import GimefiveError
@@ -34,6 +39,10 @@ class Sink:
         """Finalise the output."""
 
     def info(self) -> dict[str, Any]:
+        return {}
+
+    def counters(self) -> dict[str, int]:
+        """Running counts for the stage's counters (and so the run summary)."""
         return {}
 
 
@@ -68,9 +77,13 @@ class VideoFileSink(Sink):
         self.next_audio = None
         self.frames = 0
         self.audio_copied = 0
+        self.clock = IncreasingPts()
 
     def info(self) -> dict[str, Any]:
         return {"codec": self.codec, "audio_copied_packets": self.audio_copied}
+
+    def counters(self) -> dict[str, int]:
+        return {"pts_repaired": self.clock.repaired} if self.clock.repaired else {}
 
     def _open(self, msg: TrackedMsg) -> None:
         import av
@@ -93,6 +106,8 @@ class VideoFileSink(Sink):
         else:
             stream.bit_rate = max(2_000_000, width * height * 8)
         self.stream = stream
+        # the muxer refuses (EINVAL) timestamps that repeat or go back: repair, never drop
+        self.clock = IncreasingPts(frame_step(msg.rate, msg.time_base))
         self._open_audio()
 
     def _open_audio(self) -> None:
@@ -132,7 +147,7 @@ class VideoFileSink(Sink):
         if self.container is None:
             self._open(msg)
         frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-        frame.pts = msg.pts if msg.pts is not None else self.frames
+        frame.pts = self.clock(msg.pts)
         frame.time_base = self.stream.time_base
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
@@ -210,28 +225,60 @@ class JsonLinesSink(Sink):
 
 
 class CamNpzSink(Sink):
-    """Every face's Grad-CAM map, with frame index, track id and box, in one .npz."""
+    """Every face's Grad-CAM map, with frame index, track id and box, in one .npz.
+
+    In bounded memory however long the video: each row is appended to an unnamed
+    temporary file beside the output, and :meth:`close` copies them, in chunks, into the
+    ``.npz`` (a zip of ``.npy`` files: ``np.load`` gives ``frame`` int64 [N], ``track_id``
+    int64 [N], ``box`` float32 [N,4], ``cam`` float32 [N,h,w]; [0,0,0] when no CAM).
+    """
+
+    COLUMNS = (("frame", "<i8"), ("track_id", "<i8"), ("box", "<f4"), ("cam", "<f4"))
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.rows: dict[str, list] = {"frame": [], "track_id": [], "box": [], "cam": []}
+        self.rows = 0
+        self.cam_shape: tuple[int, ...] | None = None
+        try:
+            self.spools = {key: tempfile.TemporaryFile(dir=self.path.parent)  # noqa: SIM115
+                           for key, _ in self.COLUMNS}  # closed in close()
+        except OSError as exc:
+            raise GimefiveError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def write(self, msg: TrackedMsg, image: np.ndarray | None) -> None:
-        if msg.cam is None:
+        k = len(msg.boxes)
+        if msg.cam is None or k == 0:
             return
-        for i in range(len(msg.boxes)):
-            self.rows["frame"].append(msg.index)
-            self.rows["track_id"].append(int(msg.track_ids[i]))
-            self.rows["box"].append(np.array(msg.boxes[i]))
-            self.rows["cam"].append(np.array(msg.cam[i]))
+        cams = np.asarray(msg.cam[:k], "<f4")
+        if self.cam_shape is None:
+            self.cam_shape = cams.shape[1:]
+        elif cams.shape[1:] != self.cam_shape:
+            raise GimefiveError(f"{self.path}: Grad-CAM maps changed shape from "
+                                f"{self.cam_shape} to {cams.shape[1:]} at frame {msg.index}")
+        columns = {"frame": np.full(k, msg.index), "track_id": msg.track_ids[:k],
+                   "box": np.reshape(msg.boxes[:k], (k, 4)), "cam": cams}
+        for key, dtype in self.COLUMNS:
+            self.spools[key].write(np.ascontiguousarray(columns[key], dtype).tobytes())
+        self.rows += k
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        if key == "cam":
+            return (self.rows, *self.cam_shape) if self.cam_shape else (0, 0, 0)
+        return (self.rows, 4) if key == "box" else (self.rows,)
 
     def close(self) -> None:
-        arrays = {"frame": np.asarray(self.rows["frame"], np.int64),
-                  "track_id": np.asarray(self.rows["track_id"], np.int64),
-                  "box": np.asarray(self.rows["box"], np.float32).reshape(-1, 4)}
-        cams = self.rows["cam"]
-        arrays["cam"] = np.stack(cams).astype(np.float32) if cams else np.zeros((0, 0, 0),
-                                                                                np.float32)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, self.path)
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+                for key, dtype in self.COLUMNS:
+                    header = {"descr": dtype, "fortran_order": False, "shape": self._shape(key)}
+                    with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array_header_1_0(member, header)
+                        spool = self.spools[key]
+                        spool.seek(0)
+                        shutil.copyfileobj(spool, member, 1 << 20)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            for spool in self.spools.values():
+                spool.close()

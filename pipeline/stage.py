@@ -14,6 +14,7 @@ no output socket: it returns nothing from ``process``.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import time
@@ -39,6 +40,9 @@ PROGRESS_EVERY_S = 0.5
 #: after a normal end, how long the output socket may take to deliver what is queued
 #: (linger 0 would discard the last frames and the end-of-stream message)
 DRAIN_TIMEOUT_MS = 120_000
+#: how long a source waits at the gate for the supervisor's start signal (the other
+#: stages load their models meanwhile); past it the stage ends with one line
+GATE_TIMEOUT_S = 600.0
 
 
 
@@ -291,11 +295,16 @@ class StageRunner:
                 self.close()
 
     def _wait_for_gate(self) -> None:
-        """Hold a source until the supervisor says every stage is ready (fair timing)."""
-        if self.gate is not None:
-            while not self.gate.poll(1000):
-                pass
-            self.gate.recv()
+        """Hold a source until the supervisor says every stage is ready (fair timing), but
+        not for ever: a supervisor that died never will."""
+        if self.gate is None:
+            return
+        parent, deadline = os.getppid(), time.monotonic() + GATE_TIMEOUT_S
+        while not self.gate.poll(100):
+            if time.monotonic() >= deadline or os.getppid() != parent:
+                raise GimefiveError(f"no start signal from the supervisor within "
+                                    f"{GATE_TIMEOUT_S:g} s (is it still running?)")
+        self.gate.recv()
 
     def _run_source(self) -> None:
         self._start_clock()

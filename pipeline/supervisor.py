@@ -4,11 +4,15 @@ Each stage runs as ``python -m gimefive.pipeline.stage_main NAME ...`` (the same
 path as ``gimefive stage NAME``), reports over a control socket (ready, progress, stats,
 error) and has its stderr captured to a log file. A stage that exits non-zero or dies
 from a signal fails the run with one line naming the stage and the reason; a live
-supervisor can instead :meth:`Supervisor.restart` it within a budget.
+supervisor can instead :meth:`Supervisor.restart` it within a budget, after a delay.
+
+Every stage dies with its supervisor, even one killed by SIGKILL (:func:`die_with_parent`),
+so no stage is left running, re-parented to init, when the parent is gone.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -24,6 +28,11 @@ from gimefive.pipeline.wire import WireError, open_socket, parse_control
 from gimefive.errors import StageError
 
 STOP_GRACE_S = 10.0
+# A stage exits with this status when it failed in a way restarting cannot fix (a full
+# or read-only disk, a permission denied): a live supervisor then ends the run instead.
+EXIT_NO_RESTART = 74  # EX_IOERR
+NO_RESTART_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                               errno.EPERM, errno.EFBIG, errno.ENOENT, errno.ENOTDIR})
 
 
 @dataclass
@@ -38,6 +47,7 @@ class StageProcess:
     error: str = ""
     progress: int = 0
     restarts: int = 0
+    restart_at: float | None = None  # monotonic time of a scheduled restart (backoff)
 
 
 def _exit_reason(rc: int) -> str:
@@ -47,6 +57,42 @@ def _exit_reason(rc: int) -> str:
         except ValueError:
             return f"killed by signal {-rc}"
     return f"exited with status {rc}"
+
+
+def restart_cannot_fix(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised from or while handling) is an
+    OSError that a restarted stage would hit again, e.g. ENOSPC: disk full."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_RESTART_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def die_with_parent(parent: int | None = None):
+    """A ``preexec_fn``: the stage gets SIGTERM (outputs finalised) when the process that
+    started it dies, even by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a
+    no-op). If the parent is already gone by then, the stage stops at once."""
+    parent = os.getpid() if parent is None else parent
+    # Looked up here, in the parent: the child of a threaded process must not import or
+    # load libraries between fork and exec (it could deadlock on a lock held by a thread).
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: stages then outlive a killed parent
+        prctl = None
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _last_line(path: Path | None) -> str:
@@ -81,26 +127,44 @@ class Supervisor:
             env[key] = threads
         return env
 
+    def command(self, stage: StageProcess) -> list[str]:
+        return [sys.executable, "-m", "gimefive.pipeline.stage_main", stage.name,
+                *stage.args, "--control", self.control_endpoint]
+
     def start(self, stage: StageProcess) -> None:
+        self.spawn(stage, self.command(stage))
+
+    def spawn(self, stage: StageProcess, cmd: list[str], **popen: object) -> None:
+        """Start ``cmd`` as ``stage``: stderr to its log, dying with this process."""
         stage.log = self.log_dir / f"{stage.name}.log"
-        cmd = [sys.executable, "-m", "gimefive.pipeline.stage_main", stage.name,
-               *stage.args, "--control", self.control_endpoint]
+        popen.setdefault("stdin", subprocess.DEVNULL)
         with open(stage.log, "ab") as log:
-            stage.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=log,
-                                          env=self._env(stage))
+            stage.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                          env=self._env(stage),
+                                          preexec_fn=die_with_parent(), **popen)
 
     def start_all(self) -> None:
         for stage in self.stages.values():
             self.start(stage)
 
-    def restart(self, name: str) -> None:
-        """Start a stage again (live mode); its sockets reconnect by themselves."""
+    def restart(self, name: str, delay_s: float = 0.0) -> None:
+        """Start a stage again (live mode) after ``delay_s``, without blocking the others;
+        its sockets reconnect by themselves."""
         stage = self.stages[name]
         stage.restarts += 1
         stage.error = ""
         stage.ready = None
-        self.start(stage)
+        stage.restart_at = time.monotonic() + delay_s
+        self._start_due(stage)
+
+    def _start_due(self, stage: StageProcess) -> bool:
+        """Start ``stage`` if its restart is due; True while it is waiting or started."""
+        if stage.restart_at is None:
+            return False
+        if time.monotonic() >= stage.restart_at:
+            stage.restart_at = None
+            self.start(stage)
+        return True
 
     def _drain_control(self, timeout_ms: int) -> None:
         if not self.control.poll(timeout_ms):
@@ -152,6 +216,9 @@ class Supervisor:
                     self._open_gate()
                 running = False
                 for stage in self.stages.values():
+                    if stage.restart_at is not None:
+                        running = self._start_due(stage) or running
+                        continue
                     rc = stage.proc.poll()
                     if rc is None:
                         running = True

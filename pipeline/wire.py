@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -68,6 +69,23 @@ SCHEMA_VERSION = 1
 ALLOWED_DTYPES = frozenset({"uint8", "int32", "int64", "float32", "float64", "bool"})
 DEFAULT_HWM = 8
 
+# Limits a message is checked against before anything is parsed or allocated, so that one
+# hostile message is dropped, never the stage (see :func:`decode`).
+#: the largest frame (width x height) any run accepts: 8K UHD (7680 x 4320) fits, a 16K
+#: square does not. A run's probe-time ``max_pixels`` setting must not exceed it.
+MAX_PIXELS = 8192 * 8192
+#: the largest single buffer: a MAX_PIXELS BGR image; also ZMQ_MAXMSGSIZE (ZeroMQ applies
+#: it per part, so a bigger part is dropped, and its peer disconnected, by ZeroMQ itself)
+MAX_FRAME_BYTES = MAX_PIXELS * 3
+#: all array buffers of one message: the image plus per-face arrays and Grad-CAM maps
+MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + (64 << 20)
+MAX_HEADER_BYTES = 64 << 10   # a real header is well under 2 KiB
+MAX_JSON_DEPTH = 16           # a real header nests 4 deep (header, fields, extra, live)
+MAX_ARRAY_DIMS = 4
+MAX_DIMENSION = 1 << 16
+_INT64 = range(-2**63, 2**63)
+_AV_INT = range(1, 2**31)     # FFmpeg's rationals are C ints
+
 
 class WireError(GimefiveError):
     """A message that does not match the schema; the text names expected vs actual."""
@@ -86,6 +104,12 @@ def _check_json_type(kind: str, name: str, value: Any, allowed: tuple[type, ...]
         raise WireError(f"{kind} message: field {name!r} expected "
                         f"{' or '.join(_JSON_TYPES[t] for t in allowed)}, "
                         f"got {type(value).__name__} {value!r:.40}")
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        raise WireError(f"{kind} message: field {name!r} expected a 64-bit integer, "
+                        f"got {value!r:.40}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WireError(f"{kind} message: field {name!r} expected a finite number, "
+                        f"got {value!r}")
     return float(value) if allowed[0] is float and isinstance(value, int) else value
 
 
@@ -140,6 +164,16 @@ def _check_arrays(kind: str, arrays: dict[str, np.ndarray | None],
                                 f"{_shape_text(shape, sizes)}, got {tuple(value.shape)}")
 
 
+def _check_image_size(kind: str, image: np.ndarray) -> None:
+    """At least 1x1 (a 0x0 image divides by zero downstream), at most MAX_PIXELS."""
+    h, w = image.shape[:2]
+    if h < 1 or w < 1:
+        raise WireError(f"{kind} message: image expected at least 1x1 pixels, got {w}x{h}")
+    if h * w > MAX_PIXELS:
+        raise WireError(f"{kind} message: image {w}x{h} is over the limit of {MAX_PIXELS} "
+                        f"pixels")
+
+
 def _shape_text(shape, sizes=None) -> str:
     sizes = sizes or {}
     return "(" + ", ".join(f"{d}={sizes[d]}" if d in sizes else str(d) for d in shape) + ")"
@@ -178,12 +212,14 @@ class FrameMsg(Message):
         for name in ("time_base", "rate"):
             value = getattr(self, name)
             ints = value is not None and len(value) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value)
-            if value is not None and (not ints or value[1] <= 0):
+                isinstance(v, int) and not isinstance(v, bool) and v in _AV_INT for v in value)
+            if value is not None and not ints:
                 raise WireError(f"{self.KIND} message: field {name!r} expected "
-                                f"[numerator, denominator>0] integers, got {value!r:.40}")
+                                f"[numerator, denominator>0] integers, both 1.."
+                                f"{_AV_INT[-1]}, got {value!r:.40}")
         if self.index < 0:
             raise WireError(f"{self.KIND} message: field 'index' expected >= 0, got {self.index}")
+        _check_image_size(self.KIND, self.image)
 
     @property
     def pts_seconds(self) -> float | None:
@@ -277,6 +313,8 @@ class EndOfStream(Message):
         if self.reason not in self.REASONS:
             raise WireError(f"eos message: field 'reason' expected one of {self.REASONS}, "
                             f"got {self.reason!r:.40}")
+        if self.frames < 0:
+            raise WireError(f"eos message: field 'frames' expected >= 0, got {self.frames}")
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -284,19 +322,28 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 def decode(parts: list[Any], expect: tuple[type[Message], ...] | None = None) -> Message:
-    """Validate and rebuild a message from multipart ``parts`` (bytes or zmq.Frame)."""
+    """Validate and rebuild a message from multipart ``parts`` (bytes or zmq.Frame).
+
+    Sizes are checked before anything is parsed or allocated; whatever else a hostile
+    message provokes (OverflowError, RecursionError, MemoryError, UnicodeDecodeError...)
+    is still just a malformed message: a :class:`WireError` the stage counts and drops.
+    """
     try:
         return _decode(parts, expect)
     except WireError:
         raise
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        # anything else a hostile header can provoke is still just a malformed message
-        raise WireError(f"malformed message ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+    except Exception as exc:  # noqa: BLE001 - a message must never kill its stage
+        text = " ".join(str(exc).split())[:80]
+        raise WireError(f"malformed message ({exc.__class__.__name__}: {text})") from None
 
 
 def _decode(parts: list[Any], expect: tuple[type[Message], ...] | None) -> Message:
     if not parts:
         raise WireError("empty multipart message")
+    total = sum(len(_as_bytes(p)) for p in parts[1:])
+    if total > MAX_MESSAGE_BYTES:
+        raise WireError(f"message arrays are {total} bytes, over the limit of "
+                        f"{MAX_MESSAGE_BYTES}")
     header = _parse_header(_as_bytes(parts[0]))
     kind = header["kind"]
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
@@ -333,10 +380,16 @@ def _as_bytes(part: Any) -> bytes | memoryview:
 
 
 def _parse_header(raw: bytes | memoryview) -> dict:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError(f"header is {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}")
     try:
         header = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise WireError(f"header is not JSON (first bytes {bytes(raw[:16])!r})") from None
+    except RecursionError:
+        header = None  # nested far too deep for the parser
+    if header is None or _json_depth(header) > MAX_JSON_DEPTH:
+        raise WireError(f"header nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(header, dict):
         raise WireError(f"header expected a JSON object, got {type(header).__name__}")
     if header.get("schema") != SCHEMA_VERSION:
@@ -346,6 +399,18 @@ def _parse_header(raw: bytes | memoryview) -> dict:
     if missing:
         raise WireError(f"header missing key(s) {sorted(missing)}")
     return header
+
+
+def _json_depth(value: Any) -> int:
+    """How deep lists/objects nest (without recursion; stops past MAX_JSON_DEPTH)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in
+                         (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def _parse_array(kind: str, spec: Any, part: Any) -> tuple[str, np.ndarray]:
@@ -360,12 +425,29 @@ def _parse_array(kind: str, spec: Any, part: Any) -> tuple[str, np.ndarray]:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise WireError(f"{kind} message: array {name!r:.30} shape must be non-negative "
                         f"integers, got {shape!r:.40}")
+    expected = _check_shape_limits(kind, name, shape, np.dtype(dtype).itemsize)
     buffer = _as_bytes(part)
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if len(buffer) != expected:
         raise WireError(f"{kind} message: array {name!r:.30} {dtype}{shape} needs {expected} "
                         f"bytes, got {len(buffer)}")
     return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _check_shape_limits(kind: str, name: Any, shape: list[int], itemsize: int) -> int:
+    """The array's byte size, once its dimensions and size are within the limits (checked
+    in that order, so no arithmetic ever runs on a hostile number)."""
+    if len(shape) > MAX_ARRAY_DIMS:
+        raise WireError(f"{kind} message: array {name!r:.30} has {len(shape)} dimensions, "
+                        f"over the limit of {MAX_ARRAY_DIMS}")
+    for dim in shape:
+        if dim > MAX_DIMENSION:
+            raise WireError(f"{kind} message: array {name!r:.30} dimension {dim} over the "
+                            f"limit of {MAX_DIMENSION}")
+    size = math.prod(shape) * itemsize
+    if size > MAX_MESSAGE_BYTES:
+        raise WireError(f"{kind} message: array {name!r:.30} {shape} needs {size} bytes, "
+                        f"over the limit of {MAX_MESSAGE_BYTES}")
+    return size
 
 
 # ---------------------------------------------------------------------- control channel
@@ -440,8 +522,13 @@ class CurveKeys:
 
 
 def is_loopback_or_ipc(endpoint: str) -> bool:
+    """Whether only this host's user can reach ``endpoint`` without keys: loopback TCP,
+    inproc, and ipc socket files (ours live in a 0700 folder). Not ``ipc://@name``: an
+    abstract socket has no file and no permissions, any local user may connect."""
     parts = urlsplit(endpoint)
-    if parts.scheme in ("ipc", "inproc"):
+    if parts.scheme == "ipc":
+        return not endpoint[len("ipc://"):].startswith("@")
+    if parts.scheme == "inproc":
         return True
     host = (parts.hostname or "").strip("[]")
     if host == "localhost":
@@ -498,17 +585,70 @@ def open_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
     return sock
 
 
-class Receiver:
-    """A PULL socket that yields validated messages; malformed ones are counted and dropped."""
+class StreamLedger:
+    """What a stage received of each stream, to tell a genuine end-of-stream from a forged one.
 
-    def __init__(self, sock: zmq.Socket, expect: tuple[type[Message], ...] | None = None
-                 ) -> None:
+    Only in runs with a fixed number of streams (``streams`` > 0, file runs), where an
+    end-of-stream ends the stage. Each stream has one sender and PUSH/PULL keeps its order
+    and loses nothing, so a genuine end-of-stream comes once, after exactly the frames it
+    counts, from one of the run's streams. Anything else (a repeat, a count that does not
+    match, a stream beyond the run's number, a frame after its stream ended) would cut a
+    run short or leave it waiting for ever: it is refused, and counted as malformed.
+    Live runs (``streams`` = 0) are not judged: there an end-of-stream ends nothing and a
+    restarted camera source repeats one legitimately.
+    """
+
+    def __init__(self, streams: int) -> None:
+        self.limit = streams
+        self.received: dict[str, int] = {}  # at most ``limit`` entries
+        self.ended: set[str] = set()
+
+    def check(self, msg: Message) -> None:
+        """Raise :class:`WireError` when ``msg`` contradicts its stream's history."""
+        if self.limit <= 0:
+            return
+        stream = msg.stream
+        if stream not in self.received and len(self.received) >= self.limit:
+            raise WireError(f"{msg.KIND} message: stream {stream!r:.40} is not one of this "
+                            f"run's {self.limit} stream(s)")
+        if stream in self.ended:
+            what = "a repeated end-of-stream" if isinstance(msg, EndOfStream) else \
+                "a frame after its end-of-stream"
+            raise WireError(f"{msg.KIND} message: stream {stream!r:.40} already ended "
+                            f"({what})")
+        received = self.received.get(stream, 0)
+        if isinstance(msg, EndOfStream):
+            if msg.frames != received:
+                raise WireError(f"end-of-stream of stream {stream!r:.40} claims {msg.frames} "
+                                f"frames, {received} arrived")
+            self.ended.add(stream)
+        self.received[stream] = received + (not isinstance(msg, EndOfStream))
+
+
+class Receiver:
+    """A PULL socket that yields validated messages; malformed ones are counted and dropped.
+
+    ``streams`` > 0 (a run with that many streams) also refuses a forged end-of-stream
+    (:class:`StreamLedger`).
+    """
+
+    def __init__(self, sock: zmq.Socket, expect: tuple[type[Message], ...] | None = None,
+                 streams: int = 0) -> None:
         self.sock = sock
         self.expect = expect
         self.poller = zmq.Poller()
         self.poller.register(sock, zmq.POLLIN)
         self.malformed = 0
         self.last_error = ""
+        self.ledger = StreamLedger(streams)
+
+    @property
+    def streams(self) -> int:
+        return self.ledger.limit
+
+    @streams.setter
+    def streams(self, value: int) -> None:
+        self.ledger = StreamLedger(value)
 
     def recv(self, timeout_ms: float | None) -> Message | None:
         """The next valid message, or None when ``timeout_ms`` passed without one."""
@@ -519,7 +659,9 @@ class Receiver:
                 return None
             parts = self.sock.recv_multipart(copy=False)
             try:
-                return decode(parts, self.expect)
+                msg = decode(parts, self.expect)
+                self.ledger.check(msg)
+                return msg
             except WireError as exc:
                 self.malformed += 1
                 self.last_error = str(exc)
@@ -587,9 +729,14 @@ def peer_monitor(sock: zmq.Socket) -> zmq.Socket:
 
 @contextlib.contextmanager
 def private_ipc_dir(prefix: str = "gimefive-") -> Iterator[Path]:
-    """A fresh directory (mode 0700) for ``ipc://`` sockets, removed on exit."""
+    """A fresh directory (mode 0700) for ``ipc://`` sockets, removed on exit; the folders
+    of earlier runs that died (SIGKILL) are removed first (see :mod:`private_dir`)."""
+    from gimefive.pipeline.private_dir import mark_owner, remove_stale
+
+    remove_stale(prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(path, 0o700)
+    mark_owner(path)
     try:
         yield path
     finally:

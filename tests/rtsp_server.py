@@ -59,8 +59,10 @@ class RtspServer:
     """One server process on a fixed loopback port; restartable and pausable."""
 
     def __init__(self, path: str = "cam", port: int | None = None, image: str | None = None,
-                 width: int = 320, height: int = 240, fps: int = 25) -> None:
+                 width: int = 320, height: int = 240, fps: int = 25,
+                 frames: int | None = None) -> None:
         self.port = port or free_port()
+        self.frames = frames  # None: endless; else the stream ends after this many
         self.path = path.strip("/")
         self.image = image
         self.size = (width, height, fps)
@@ -77,6 +79,8 @@ class RtspServer:
                "--size", f"{width}x{height}", "--fps", str(fps)]
         if self.image:
             cmd += ["--image", self.image]
+        if self.frames:
+            cmd += ["--frames", str(self.frames)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ, "GST_DEBUG": "0"})
         ready = threading.Event()
@@ -183,14 +187,16 @@ class RelayServer:
 
 
 # --------------------------------------------------------------------------- server side
-def _launch_line(image: str | None, width: int, height: int, fps: int) -> str:
+def _launch_line(image: str | None, width: int, height: int, fps: int,
+                 frames: int | None = None) -> str:
     if image:
         decoder = "pngdec" if image.lower().endswith(".png") else "jpegdec"
         src = (f"filesrc location={image} ! {decoder} ! videoconvert ! videoscale ! "
                f"imagefreeze is-live=true ! video/x-raw,width={width},height={height},"
                f"framerate={fps}/1")
     else:
-        src = (f"videotestsrc is-live=true pattern=ball ! "
+        count = f" num-buffers={frames}" if frames else ""  # then end of stream
+        src = (f"videotestsrc is-live=true pattern=ball{count} ! "
                f"video/x-raw,width={width},height={height},framerate={fps}/1")
     return (f"( {src} ! videoconvert ! video/x-raw,format=I420 ! "
             f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! "
@@ -211,6 +217,7 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("--image", default=None)
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--frames", type=int, default=None)
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -219,7 +226,7 @@ def _serve(argv: list[str]) -> None:
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(_launch_line(args.image, width, height, args.fps))
+    factory.set_launch(_launch_line(args.image, width, height, args.fps, args.frames))
     factory.set_shared(True)
     server.get_mount_points().add_factory("/" + args.path, factory)
     if server.attach(None) == 0:

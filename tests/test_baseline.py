@@ -1,4 +1,5 @@
-"""The paper-script baseline (benchmarks/paper_baseline.py) and its wiring into bench."""
+"""The paper-script baseline (gimefive/pipeline/bench/paper_baseline.py, run by bench and
+by the benchmarks/paper_baseline.py wrapper) and its wiring into bench."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from gimefive.pipeline.bench_cli import load_system_bench
+from gimefive.pipeline.bench import bench_file, system_bench
 
 from gimefive.checkpoint import save_weights
 from gimefive.model import GiMeFive
 from gimefive.synthetic import astronaut_face, make_scene_video
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "paper_baseline.py"
+SCRIPT = bench_file("paper_baseline.py")
+WRAPPER = REPO / "benchmarks" / "paper_baseline.py"
 VENV_PYTHON = REPO / "benchmarks" / ".venv-baseline" / "bin" / "python"
 
 
@@ -44,8 +46,9 @@ def test_refuses_opencv_without_haar_cascade(clip, weights):
     assert "no CascadeClassifier" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_missing_video_is_one_line(weights):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "nope.mp4", "--weights", str(weights)],
+@pytest.mark.parametrize("script", [SCRIPT, WRAPPER], ids=["packaged", "wrapper"])
+def test_missing_video_is_one_line(weights, script):
+    proc = subprocess.run([sys.executable, str(script), "nope.mp4", "--weights", str(weights)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "video not found" in proc.stderr
 
@@ -54,7 +57,6 @@ def test_missing_video_is_one_line(weights):
                     reason="baseline venv absent (bash benchmarks/setup_baseline_venv.sh)")
 def test_baseline_runs_in_its_venv_and_bench_scores_it(clip, weights, tmp_path):
     """bench starts the script in its OpenCV 4 venv; Haar finds the frontal faces."""
-    system_bench = load_system_bench()
     path, truth = clip
     item = {"name": "clip", "path": str(path), "truth": truth}
     res = system_bench.bench_baseline(item, weights, 1, VENV_PYTHON.parent.parent, tmp_path,
@@ -67,7 +69,6 @@ def test_baseline_runs_in_its_venv_and_bench_scores_it(clip, weights, tmp_path):
 
 
 def test_absent_venv_is_reported_not_created(tmp_path):
-    system_bench = load_system_bench()
     reason = system_bench.ensure_baseline_venv(tmp_path / "no-venv", create=False)
     assert "setup_baseline_venv.sh" in reason
     assert not (tmp_path / "no-venv").exists()

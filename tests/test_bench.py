@@ -1,4 +1,5 @@
-"""`gimefive bench` and benchmarks/system_bench.py: wiring, reports, bad options.
+"""`gimefive bench` (gimefive.pipeline.bench) and its benchmarks/ wrappers: wiring, reports,
+bad options.
 
 These run the real measurements on a tiny generated clip with the heavy parts skipped;
 they check what is written, never how fast anything is (speed lives in the reports).
@@ -15,16 +16,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gimefive.pipeline.bench_cli import load_system_bench
+from gimefive.pipeline.bench import system_bench
 
 from gimefive.cli import cli, main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def system_bench():
-    return load_system_bench()
 
 
 def run_bench(tmp_path, *extra, scenes="closeup"):
@@ -137,7 +133,7 @@ def test_missing_weights_file_is_one_clear_line(tmp_path, capsys):
     assert "weights" in capsys.readouterr().err
 
 
-def test_scaling_step_reads_status_records(system_bench, tmp_path):
+def test_scaling_step_reads_status_records(tmp_path):
     def record(t, written, decoded, dropped):
         return {"kind": "status", "uptime_s": t, "streams": {
             "cam0": {"written": written, "decoded": decoded, "dropped": dropped},
@@ -155,7 +151,7 @@ def test_scaling_step_reads_status_records(system_bench, tmp_path):
     assert one["sustained"] is False and "status records" in one["error"]
 
 
-def test_ratios(system_bench):
+def test_ratios():
     res = {"decode": {"fps": {"median": 400.0}},
            "pipeline": {"fps": {"median": 20.0}, "frames": 100, "faces_found": 480,
                         "faces_matched": 470, "parallel_efficiency": {"median_run": 0.85}},
@@ -192,9 +188,20 @@ def test_gpu_check_python_part_reports_environment_without_cuda(tmp_path):
     assert "CPUExecutionProvider" in env["onnxruntime_providers"]
 
 
-def test_cli_options_match_the_script_options(system_bench):
-    """`gimefive bench` and `python benchmarks/system_bench.py` take the same settings."""
-    from gimefive.pipeline.bench_cli import bench_command
+def test_script_wrapper_is_the_cli_command():
+    """`python benchmarks/system_bench.py` runs `gimefive bench` itself: one set of options,
+    one help text, from any working directory."""
+    script = subprocess.run([sys.executable, str(REPO / "benchmarks" / "system_bench.py"),
+                             "--help"], capture_output=True, text=True, timeout=60,
+                            cwd=REPO / "tests")
+    command = CliRunner().invoke(cli, ["bench", "--help"], prog_name="gimefive")
+    assert script.returncode == 0, script.stderr
+    assert "".join(script.stdout.split()) == "".join(command.output.split())  # wrap width
+    assert "--classify-configs" in script.stdout and "Usage: gimefive bench" in script.stdout
 
-    click_names = {"config" if p.name == "config_path" else p.name for p in bench_command.params}
-    assert click_names == set(vars(system_bench.parse_args([])))
+
+def test_script_wrapper_reports_bad_options_like_the_cli():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "system_bench.py"),
+                           "--skip", "nonsense"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown part" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,25 @@ def test_bad_config_names_the_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(GimefiveError, match="not found"):
         load_config(Demo, tmp_path / "nope.yaml")
+
+
+def test_default_configs_are_package_resources():
+    """The defaults are read through importlib.resources, so a wheel install finds them
+    inside the package, not in a checkout's configs/ folder."""
+    from importlib import resources
+
+    from gimefive.export.run import DEFAULT_CONFIG as export_default
+    from gimefive.pipeline.config import DEFAULT_CONFIG as annotate_default
+    from gimefive.pipeline.live_monitor import DEFAULT_MONITOR_CONFIG
+    from gimefive.train.cli import DEFAULT_CONFIG as train_default
+
+    from gimefive.config import shipped_config
+
+    shipped = resources.files("gimefive.configs")
+    for name in ("annotate.yaml", "monitor.yaml", "export.yaml", "train_default.yaml"):
+        path = shipped_config(name)
+        assert path == Path(str(shipped / name)) and path.is_file()
+    assert annotate_default == shipped_config("annotate.yaml")
+    assert DEFAULT_MONITOR_CONFIG == shipped_config("monitor.yaml")
+    assert export_default == shipped_config("export.yaml")
+    assert train_default == shipped_config("train_default.yaml")

@@ -92,3 +92,62 @@ def test_upscale_finds_a_face_too_small_at_the_frames_own_size(astronaut_bgr):
     x1, y1, x2, y2 = found.boxes[0]
     assert 40 + 170 / 8 < (x1 + x2) / 2 < 40 + 290 / 8  # her face: x 170..290, y 50..180
     assert 20 + 50 / 8 < (y1 + y2) / 2 < 20 + 180 / 8
+
+
+def test_empty_frames_give_no_faces_instead_of_dividing_by_zero(detector, astronaut_bgr):
+    """A 0x0 (or 0xW) image is handled: no faces for it, the others still detected."""
+    empty, flat = np.zeros((0, 0, 3), np.uint8), np.zeros((0, 40, 3), np.uint8)
+    found = detector.detect([empty, astronaut_bgr, flat])
+    assert [len(d) for d in found] == [0, 1, 0]
+
+
+class _NmsSpy:
+    """Wraps the detector's nms and records how many candidates each call was given."""
+
+    def __init__(self, monkeypatch) -> None:
+        import gimefive.detector as module
+
+        self.sizes: list[int] = []
+        self.real = module.nms
+        monkeypatch.setattr(module, "nms", self)
+
+    def __call__(self, boxes, scores, threshold, **kw):
+        self.sizes.append(len(scores))
+        return self.real(boxes, scores, threshold, **kw)
+
+
+def test_nms_is_given_a_bounded_number_of_candidates(detector, monkeypatch):
+    """Tens of thousands of candidates above the threshold (a hostile or noisy frame):
+    only the top few multiples of the face cap reach NMS; the best ones are kept."""
+    import gimefive.detector as module
+
+    spy = _NmsSpy(monkeypatch)
+    priors = prior_boxes(640, 640)
+    n = priors.shape[0]
+    assert n > 16000
+    scores = np.linspace(0.7, 0.99, n, dtype=np.float32)
+    loc, marks = np.zeros((n, 4), np.float32), np.zeros((n, 10), np.float32)
+    det = detector._postprocess(loc, scores, marks, priors, np.ones(2, np.float32), 640, 640)
+    cap = module.NMS_CANDIDATES_PER_FACE * detector.max_faces
+    assert spy.sizes and max(spy.sizes) <= cap < n / 10
+    assert 0 < len(det) <= detector.max_faces
+    assert det.scores[0] == pytest.approx(0.99)
+
+
+def test_top_k_before_nms_leaves_normal_results_unchanged(monkeypatch, astronaut_bgr):
+    """On real photos the capped candidate list gives exactly what NMS over all gave."""
+    import cv2
+
+    import gimefive.detector as module
+
+    group = np.full((480, 1280, 3), 60, np.uint8)
+    for i in range(4):
+        group[:, 10 + 300 * i:10 + 300 * i + 240] = cv2.resize(astronaut_bgr, (240, 480))
+    frames = [astronaut_bgr, group]
+    capped = FaceDetector(threads=1, score_threshold=0.3).detect(frames)
+    monkeypatch.setattr(module, "NMS_CANDIDATES_PER_FACE", 10_000)
+    full = FaceDetector(threads=1, score_threshold=0.3).detect(frames)
+    for a, b in zip(capped, full, strict=True):
+        assert len(a) == len(b) > 0
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from gimefive.export.cam_graph import GiMeFiveCam, normalize_cam, route_maxpool_grad
+from gimefive.cam_graph import GiMeFiveCam, normalize_cam, route_maxpool_grad
 from gimefive.export.faces import fallback_faces, load_split
 from gimefive.export.onnx_export import (
     CAM_TOL,

@@ -189,6 +189,56 @@ def test_receiver_counts_every_bad_message(batch):
         ctx.term()
 
 
+# ------------------------------------------------------------------------ hostile sizes
+def classified_with(change, buffers=None) -> list[bytes]:
+    """A valid classified message (what track takes) with its header changed."""
+    parts = parts_of(valid_messages()[2])
+    header = json.loads(parts[0])
+    change(header)
+    return [json.dumps(header).encode(), *(parts[1:] if buffers is None else buffers)]
+
+
+def _image_shape(shape):
+    return lambda h: h["arrays"][0].update(shape=shape)
+
+
+HOSTILE = {
+    # OverflowError from numpy before the fix: the stage died
+    "dimension 2**70": (classified_with(_image_shape([2**70, 8, 3])),
+                        r"dimension 1180591620717411303424 over the limit"),
+    # RecursionError from the JSON parser before the fix
+    "deep nesting": ([b'{"schema":1,"kind":"classified","fields":' + b"[" * 30_000
+                      + b"]" * 30_000 + b',"arrays":[]}'], "header nested deeper than"),
+    "moderate nesting": ([b'{"schema":1,"kind":"classified","fields":{"extra":' + b"[" * 900
+                          + b"]" * 900 + b'},"arrays":[]}'], "header nested deeper than"),
+    "huge header": ([json.dumps({"schema": 1, "pad": "x" * (2 << 20)}).encode()],
+                    r"header is \d+ bytes, over the limit"),
+    "many dimensions": (classified_with(_image_shape([1] * 64)),
+                        r"64 dimensions, over the limit"),
+    "too many bytes": (classified_with(_image_shape([60000, 60000, 3])),
+                       r"10800000000 bytes, over the limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_sizes_are_rejected_before_parsing_or_allocating(case):
+    parts, pattern = HOSTILE[case]
+    with pytest.raises(WireError, match=pattern):
+        decode(parts, STAGE_INPUTS["track"])
+
+
+def test_any_exception_from_a_message_is_a_wire_error(monkeypatch):
+    """Whatever a hostile message provokes deeper down (MemoryError, UnicodeDecodeError...)
+    is a malformed message, not a dead stage."""
+    for exc in (MemoryError(), UnicodeDecodeError("utf-8", b"", 0, 1, "x"),
+                RecursionError("deep"), OverflowError("big"), IndexError("i")):
+        def boom(*args, exc=exc):
+            raise exc
+        monkeypatch.setattr(wire, "_parse_header", boom)
+        with pytest.raises(WireError, match=type(exc).__name__):
+            decode(parts_of(valid_messages()[2]))
+
+
 def test_running_stage_counts_garbage_and_keeps_going():
     """A real track stage in this process: garbage in between valid frames is counted
     in its stats; the valid frames and the end-of-stream go through."""
@@ -199,7 +249,10 @@ def test_running_stage_counts_garbage_and_keeps_going():
     classified = valid_messages()[2]
     garbage = [[b"not json"], [b'{"schema": 1}'], [b"{}", b"\x00" * 7],
                parts_of(valid_messages()[0]),  # a valid frame, but not what track takes
-               [json.dumps({"schema": 99, "kind": "eos", "fields": {}, "arrays": []}).encode()]]
+               [json.dumps({"schema": 99, "kind": "eos", "fields": {}, "arrays": []}).encode()],
+               *(HOSTILE[case][0] for case in ("dimension 2**70", "deep nesting")),
+               # a forged end-of-stream: claims frames that never arrived
+               parts_of(EndOfStream(stream="cam0", frames=99))]
     ctx = zmq.Context()
     with private_ipc_dir() as d:
         in_ep, out_ep = f"ipc://{d}/in.sock", f"ipc://{d}/out.sock"
@@ -244,41 +297,154 @@ def test_running_stage_counts_garbage_and_keeps_going():
 
 
 # ------------------------------------------------------------------------ transport security
-def test_non_loopback_tcp_bind_needs_curve_or_insecure():
-    ctx = zmq.Context()
-    try:
-        with pytest.raises(GimefiveError, match="refusing to bind tcp://0.0.0.0:.* without "
-                                                "encryption"):
-            open_socket(ctx, zmq.PULL, "tcp://0.0.0.0:0", bind=True)
-        open_socket(ctx, zmq.PULL, "tcp://127.0.0.1:0", bind=True).close(0)  # loopback: fine
-        open_socket(ctx, zmq.PULL, "tcp://0.0.0.0:0", bind=True, insecure=True).close(0)
-        public, secret = zmq.curve_keypair()
-        open_socket(ctx, zmq.PULL, "tcp://0.0.0.0:0", bind=True,
-                    curve=CurveKeys(public, secret)).close(0)
-    finally:
-        ctx.term()
+def key_dirs(root: Path) -> tuple[Path, Path, Path]:
+    """Keys as an operator lays them out: the binding host's folder (server pair plus
+    ``clients/`` with the allowed client public keys), an allowed connecting host's
+    folder (its client pair plus the server's public key) and a stranger's (the same,
+    but its client key was never added to ``clients/``). Written with
+    ``zmq.auth.create_certificates`` and chmod 600, as a user may already have them."""
+    import shutil
+
+    import zmq.auth
+
+    server, allowed, stranger = root / "b", root / "a", root / "c"
+    for folder, name in ((server, "server"), (allowed, "client"), (stranger, "client")):
+        folder.mkdir()
+        _, secret = zmq.auth.create_certificates(str(folder), name)
+        Path(secret).chmod(0o600)
+    (server / "clients").mkdir()
+    shutil.copy(allowed / "client.key", server / "clients" / "host-a.key")
+    for folder in (allowed, stranger):
+        shutil.copy(server / "server.key", folder / "server.key")
+    return server, allowed, stranger
 
 
-def test_curve_encrypts_and_rejects_clients_without_the_server_key():
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)  # also closes what a failed test left open
+
+
+def test_non_loopback_needs_curve_or_insecure_to_bind_and_to_connect(ctx, tmp_path):
+    for bind, verb in ((True, "bind"), (False, "connect")):
+        kind = zmq.PULL if bind else zmq.PUSH
+        with pytest.raises(GimefiveError, match=f"refusing to {verb} tcp://192.0.2.1:5601 "
+                                                f"without encryption"):
+            open_socket(ctx, kind, "tcp://192.0.2.1:5601", bind=bind)
+        open_socket(ctx, kind, "tcp://127.0.0.1:0" if bind else "tcp://127.0.0.1:9",
+                    bind=bind).close(0)  # loopback: fine
+    open_socket(ctx, zmq.PULL, "tcp://0.0.0.0:0", bind=True, insecure=True).close(0)
+    open_socket(ctx, zmq.PUSH, "tcp://192.0.2.1:5601", bind=False, insecure=True).close(0)
+    server, allowed, _ = key_dirs(tmp_path)
+    open_socket(ctx, zmq.PULL, "tcp://0.0.0.0:0", bind=True,
+                curve=CurveKeys.from_directory(server)).close(0)
+    open_socket(ctx, zmq.PUSH, "tcp://192.0.2.1:5601", bind=False,
+                curve=CurveKeys.from_directory(allowed)).close(0)
+
+
+def test_plaintext_connect_to_another_host_is_refused_by_the_stage_command(tmp_path, capsys):
+    from gimefive.cli import main
+
+    with private_ipc_dir() as d, pytest.raises(SystemExit) as exit_info:
+        main(["stage", "track", "--in", f"ipc://{d}/in.sock", "--out", "tcp://192.0.2.1:5601"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and err.count("\n") == 1
+    assert "refusing to connect tcp://192.0.2.1:5601 without encryption" in err
+
+
+def test_curve_admits_only_allowed_client_keys(ctx, tmp_path):
     if not zmq.has("curve"):
         pytest.skip("this libzmq has no CurveZMQ support")
-    public, secret = zmq.curve_keypair()
-    ctx = zmq.Context()
+    server_dir, allowed_dir, stranger_dir = key_dirs(tmp_path)
+    server = open_socket(ctx, zmq.PULL, "tcp://127.0.0.1:0", bind=True,
+                         curve=CurveKeys.from_directory(server_dir))
+    endpoint = server.getsockopt_string(zmq.LAST_ENDPOINT)
+    sockets = [server]
     try:
-        server = open_socket(ctx, zmq.PULL, "tcp://127.0.0.1:0", bind=True,
-                             curve=CurveKeys(public, secret))
-        endpoint = server.getsockopt_string(zmq.LAST_ENDPOINT)
-        good = open_socket(ctx, zmq.PUSH, endpoint, bind=False, curve=CurveKeys(public))
         plain = open_socket(ctx, zmq.PUSH, endpoint, bind=False)  # no keys at all
-        plain.send_multipart(parts_of(valid_messages()[-1]))
-        assert not server.poll(500)  # the unencrypted client is not heard
+        stranger = open_socket(ctx, zmq.PUSH, endpoint, bind=False,
+                               curve=CurveKeys.from_directory(stranger_dir))
+        sockets += [plain, stranger]
+        for sock in (plain, stranger):
+            sock.send_multipart(parts_of(valid_messages()[-1]), flags=zmq.NOBLOCK)
+        assert not server.poll(1500)  # neither is heard: the stranger has the server key
+        good = open_socket(ctx, zmq.PUSH, endpoint, bind=False,
+                           curve=CurveKeys.from_directory(allowed_dir))
+        sockets.append(good)
         good.send_multipart(parts_of(valid_messages()[-1]))
         assert server.poll(5000)
         assert isinstance(decode(server.recv_multipart()), EndOfStream)
-        for s in (server, good, plain):
-            s.close(0)
+        assert not server.poll(300)  # and still nothing from the other two
     finally:
-        ctx.term()
+        for sock in sockets:
+            sock.close(0)
+
+
+def test_curve_binding_needs_the_allowed_clients_folder(ctx, tmp_path):
+    server_dir, allowed_dir, _ = key_dirs(tmp_path)
+    (server_dir / "clients" / "host-a.key").unlink()
+    with pytest.raises(GimefiveError, match="no allowed client keys"):
+        open_socket(ctx, zmq.PULL, "tcp://127.0.0.1:0", bind=True,
+                    curve=CurveKeys.from_directory(server_dir))
+    (allowed_dir / "client.key_secret").unlink()
+    with pytest.raises(GimefiveError, match="client key pair"):
+        open_socket(ctx, zmq.PUSH, "tcp://127.0.0.1:9", bind=False,
+                    curve=CurveKeys.from_directory(allowed_dir))
+
+
+@pytest.mark.parametrize("name", ["server", "client"])
+def test_secret_key_readable_by_others_is_refused(tmp_path, capsys, name):
+    from gimefive.cli import main
+
+    server, allowed, _ = key_dirs(tmp_path)
+    folder = server if name == "server" else allowed
+    (folder / f"{name}.key_secret").chmod(0o644)
+    with pytest.raises(GimefiveError, match=f"{name}.key_secret is readable by group or "
+                                            f"others \\(mode 0644\\); chmod 600 it"):
+        CurveKeys.from_directory(folder)
+    with private_ipc_dir() as d, pytest.raises(SystemExit) as exit_info:
+        main(["stage", "track", "--in", f"ipc://{d}/in.sock", "--out", f"ipc://{d}/out.sock",
+              "--curve-keys", str(folder)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and err.count("\n") == 1 and "chmod 600" in err
+
+
+def test_keys_command_writes_private_secret_keys(tmp_path, capsys):
+    from gimefive.cli import main
+
+    main(["keys", str(tmp_path / "b")])
+    main(["keys", str(tmp_path / "a"), "--client"])
+    for path in (tmp_path / "b" / "server.key_secret", tmp_path / "a" / "client.key_secret"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert (tmp_path / "b" / "clients").is_dir()
+    CurveKeys.from_directory(tmp_path / "b")
+    with pytest.raises(SystemExit) as exit_info:  # never overwrites a key pair
+        main(["keys", str(tmp_path / "b")])
+    assert exit_info.value.code != 0 and "already exists" in capsys.readouterr().err
+
+
+def test_oversize_parts_are_dropped_by_zeromq(ctx, monkeypatch):
+    """ZMQ_MAXMSGSIZE is set on every socket (the largest frame a run accepts): a bigger
+    part is dropped by ZeroMQ before it is ever buffered whole; the stage goes on."""
+    with private_ipc_dir() as d:
+        endpoint = f"ipc://{d}/big.sock"
+        default = open_socket(ctx, zmq.PULL, f"ipc://{d}/default.sock", bind=True)
+        assert default.getsockopt(zmq.MAXMSGSIZE) == wire.MAX_FRAME_BYTES
+        default.close(0)
+        monkeypatch.setattr(wire, "MAX_FRAME_BYTES", 4096)
+        pull = open_socket(ctx, zmq.PULL, endpoint, bind=True)
+        push = open_socket(ctx, zmq.PUSH, endpoint, bind=False)
+        receiver = Receiver(pull)
+        try:
+            push.send_multipart([parts_of(valid_messages()[-1])[0], b"x" * 8192])
+            assert receiver.recv(timeout_ms=1000) is None
+            push.send_multipart(parts_of(valid_messages()[-1]))  # after the reconnect
+            assert isinstance(receiver.recv(timeout_ms=10_000), EndOfStream)
+            assert receiver.malformed == 0  # dropped by ZeroMQ, never reached decode
+        finally:
+            push.close(0)
+            pull.close(0)
 
 
 def test_ipc_directory_is_private_and_removed():

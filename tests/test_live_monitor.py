@@ -194,7 +194,7 @@ def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bg
         with av.open(str(playlist), format="concat", options={"safe": "0"}) as c:
             assert sum(1 for _ in c.decode(video=0)) == len(rows)
     text = "".join(stderr)
-    assert "stream cam0: back after" in text and "restarting it (1 of 5" in text
+    assert "stream cam0: back after" in text and "restarting it in 0.5 s (1 of 5" in text
 
 
 @pytest.mark.slow

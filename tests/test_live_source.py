@@ -58,9 +58,10 @@ def test_gives_up_after_max_reconnects():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"  # connection refused every time
     reader = LiveReader(url, "cam", LiveOptions(max_reconnects=2, backoff_initial_s=0.01,
                                                 backoff_max_s=0.02))
-    with pytest.raises(LiveSourceError, match=r"gave up after 2 reconnect attempt\(s\) "
-                                              r"\(Connection refused\)"):
+    with pytest.raises(LiveSourceError) as error:
         list(reader)
+    assert str(error.value) == "camera cam gave up after 2 reconnect attempt(s): " \
+                               "Connection refused"  # one line, no URL
     assert len(reader.counters.outages) == 1 and reader.counters.outages[0].attempts == 3
 
 

@@ -167,3 +167,60 @@ def test_bad_flags_and_paths_are_one_line(tmp_path, clip):
     proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "no" / "o.mp4"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "output folder does not exist" in err
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for a reaper) — a stage re-parented to init counts."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigkill_of_annotate_takes_its_stages_along_and_next_run_cleans_up(tmp_path, clip,
+                                                                           weights):
+    args = ["--weights", str(weights), "--backend", "torch", "-q"]
+    proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o.mp4"), *args)
+    stages: dict[int, list[str]] = {}
+    deadline = time.monotonic() + 60
+    while len(stages) < 5 and time.monotonic() < deadline:
+        stages = {p: argv for p, argv in child_processes(proc.pid).items()
+                  if "gimefive.pipeline.stage_main" in argv}
+        time.sleep(0.05)
+    assert len(stages) == 5, f"the five stages never ran: {stages}"
+    detect = next(" ".join(a) for a in stages.values() if "detect" in a)
+    ipc_dir = Path(detect.split("--in ipc://", 1)[1].split()[0]).parent
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(map(_alive, stages)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {p: " ".join(stages[p])[:80] for p in stages if _alive(p)}
+        assert not left, f"stages outlived their killed parent: {left}"
+    finally:
+        for pid in stages:  # on failure, do not leave orphans (no longer our descendants)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert ipc_dir.is_dir()  # SIGKILL: nothing could remove it then ...
+    again = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o2.mp4"), *args)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert not ipc_dir.exists()  # ... the next run did
+
+
+def test_source_gives_up_waiting_at_the_gate(tmp_path, clip, monkeypatch):
+    from gimefive.pipeline import stage as stage_module
+    from gimefive.pipeline.run import run_stage
+
+    from gimefive.errors import StageError
+
+    monkeypatch.setattr(stage_module, "GATE_TIMEOUT_S", 0.5)
+    config = load_annotate_config()
+    with pytest.raises(StageError) as info:  # nobody opens the gate
+        run_stage("source", str(clip[0]), f"ipc://{tmp_path}/detect.sock", config,
+                  gate=f"ipc://{tmp_path}/gate.sock")
+    assert str(info.value) == ("stage source: no start signal from the supervisor within "
+                               "0.5 s (is it still running?)")

@@ -6,16 +6,16 @@ import cv2
 import numpy as np
 import pytest
 from gimefive.pipeline.config import AnnotateConfig
-from gimefive.pipeline.draw import draw_faces
-from gimefive.pipeline.sinks import frame_record
-from gimefive.pipeline.stages.classify import (
+from gimefive.pipeline.crops import (
     FACE_TEMPLATE,
-    ClassifyStage,
     crop_geometry,
     crop_matrix,
     cut_faces,
     template_fit,
 )
+from gimefive.pipeline.draw import draw_faces
+from gimefive.pipeline.sinks import frame_record
+from gimefive.pipeline.stages.classify import ClassifyStage
 from gimefive.pipeline.stages.detect import DetectStage
 from gimefive.pipeline.stages.track import TrackStage
 from gimefive.pipeline.wire import DetectionsMsg, EndOfStream, FrameMsg

@@ -56,6 +56,15 @@ def make_case(case: str, tmp: Path, server_url: str | None) -> tuple[str, list[s
         return f"rtsp://127.0.0.1:{free_port()}/cam", out
     if case == "wrong RTSP path":
         return server_url.replace("/cam", "/nope"), out
+    if case == "frame larger than max_pixels":
+        return str(write_video(path, width=8192, height=4320, frames=1, codec="ffv1",
+                               pix_fmt="yuv420p")), out
+    if case == "0x0 frame size":
+        data = write_video(tmp / "v.mkv", width=16, height=16, codec="ffv1").read_bytes()
+        # Matroska PixelWidth (0xB0) and PixelHeight (0xBA), one-byte values 16 -> 0
+        data = data.replace(b"\xb0\x81\x10", b"\xb0\x81\x00", 1)
+        (tmp / "in.mkv").write_bytes(data.replace(b"\xba\x81\x10", b"\xba\x81\x00", 1))
+        return str(tmp / "in.mkv"), out
     video = str(write_video(tmp / "good.mp4"))
     if case == "output folder does not exist":
         return video, ["-o", str(tmp / "missing" / "annotated.mp4")]
@@ -81,10 +90,14 @@ EXPECTED = {
     "wrong RTSP path": "the RTSP server has no stream at this path (404 Not Found): rtsp://",
     "output folder does not exist": "output folder does not exist: ",
     "output folder not writable": "output folder is not writable (",
+    "frame larger than max_pixels": "frames of 8192x4320 (35.4 Mpx) exceed max_pixels "
+                                    "33177600 (raise it in the config to accept them): ",
+    "0x0 frame size": "the video stream has an empty frame size (0x0)",
 }
 CASES = ["missing file", "a directory", "text file named .mp4", "truncated MP4",
          "no video stream", "zero-length file", "unsupported codec", "unreachable RTSP host",
-         "wrong RTSP path", "output folder does not exist", "output folder not writable"]
+         "wrong RTSP path", "output folder does not exist", "output folder not writable",
+         "frame larger than max_pixels", "0x0 frame size"]
 
 
 @pytest.mark.parametrize("command", ["annotate", "monitor"])
@@ -161,3 +174,19 @@ def test_awkward_inputs_give_valid_output(case, tmp_path, random_weights, astron
     records = [json.loads(line) for line in jsonl.open()]
     assert len(records) == 5
     assert all(len(r["faces"]) == (1 if faces else 0) for r in records)
+
+
+def test_max_pixels_comes_from_the_config(tmp_path, capsys):
+    """A lower ``max_pixels`` in the YAML config refuses a 64x48 input, with one line."""
+    config = tmp_path / "small.yaml"
+    config.write_text("max_pixels: 3000\n")
+    (tmp_path / "out").mkdir()
+    video = write_video(tmp_path / "in.mp4")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["annotate", str(video), "-o", str(tmp_path / "out" / "o.mp4"), "--config",
+              str(config)])
+    assert exit_info.value.code != 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"gimefive: error: frames of 64x48 (0.0 Mpx) exceed max_pixels 3000 "
+                    f"(raise it in the config to accept them): {video}")
+    assert list((tmp_path / "out").iterdir()) == []

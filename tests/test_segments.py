@@ -196,3 +196,68 @@ def test_rtsp_push_without_server_counts_drops_and_never_blocks():
     assert time.monotonic() - start < 5
     stats = sink.stats()
     assert stats["pushed"] == 0 and stats["dropped"] == 50 and stats["connects"] == 0
+
+
+def test_ffconcat_escapes_a_quote_in_the_name(tmp_path):
+    """ffconcat quoting: a ``'`` in a segment's name is written as ``'\\''``, so the list
+    still names the real files (and nothing else)."""
+    writer = SegmentWriter(tmp_path / "it's.mp4", segment_s=1.0, fps=25)
+    for i in range(40):
+        writer.write(frame(i), i / 25)
+    writer.close()
+    assert len(writer.segments) == 2
+    lines = (tmp_path / "it's.ffconcat").read_text().splitlines()
+    assert lines[1:] == ["file 'it'\\''s_00000.mp4'", "file 'it'\\''s_00001.mp4'"]
+    assert count_frames(tmp_path / "it's.ffconcat") == 40
+    if (n := ffprobe_frames_concat(tmp_path / "it's.ffconcat")) is not None:
+        assert n == 40
+
+
+def ffprobe_frames_concat(path) -> int | None:
+    if shutil.which("ffprobe") is None:
+        return None
+    out = subprocess.run(["ffprobe", "-v", "error", "-f", "concat", "-safe", "0",
+                          "-count_frames", "-select_streams", "v", "-show_entries",
+                          "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_segment_name_with_a_line_break_is_refused(tmp_path):
+    with pytest.raises(GimefiveError, match="line break"):
+        SegmentWriter(tmp_path / "a\nfile 'x.mp4")
+
+
+def listed(playlist) -> list[str]:
+    return [ln for ln in playlist.read_text().splitlines() if ln.startswith("file ")]
+
+
+def test_retention_by_size_deletes_oldest_and_rewrites_the_list(tmp_path):
+    writer = SegmentWriter(tmp_path / "cam.mp4", segment_s=1.0, fps=25, keep_bytes=1)
+    for i in range(25 * 4):
+        writer.write(frame(i), i / 25)
+    writer.close()
+    # a 1-byte budget keeps only the newest finished segment, never the one being written
+    assert sorted(p.name for p in tmp_path.glob("cam_*.mp4")) == ["cam_00003.mp4"]
+    assert listed(tmp_path / "cam.ffconcat") == ["file 'cam_00003.mp4'"]
+    assert count_frames(tmp_path / "cam.ffconcat") == 25
+
+
+def test_retention_by_age_keeps_recent_segments(tmp_path):
+    import os
+
+    old = SegmentWriter(tmp_path / "cam.mp4", segment_s=10.0)  # an earlier run's segment
+    for i in range(5):
+        old.write(frame(i), i / 25)
+    old.close()
+    day_ago = time.time() - 86400
+    os.utime(old.segments[0], (day_ago, day_ago))
+    writer = SegmentWriter(tmp_path / "cam.mp4", segment_s=1.0, fps=25, keep_age_s=3600)
+    for i in range(50):
+        writer.write(frame(i), 100 + i / 25)
+    writer.close()
+    assert sorted(p.name for p in tmp_path.glob("cam_*.mp4")) == \
+        ["cam_00001.mp4", "cam_00002.mp4"]
+    assert listed(tmp_path / "cam.ffconcat") == ["file 'cam_00001.mp4'",
+                                                 "file 'cam_00002.mp4'"]
+    assert count_frames(tmp_path / "cam.ffconcat") == 50

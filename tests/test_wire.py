@@ -17,6 +17,7 @@ from gimefive.pipeline.wire import (
     WireError,
     decode,
     ipc_endpoint,
+    is_loopback_or_ipc,
     open_socket,
     private_ipc_dir,
 )
@@ -116,6 +117,13 @@ def edit_header(change):
     return [json.dumps(header).encode(), *parts[1:]]
 
 
+def with_image(shape):
+    """A detections message whose image has ``shape`` (and the bytes that shape needs)."""
+    parts = edit_header(lambda h: h["arrays"][0].update(shape=shape))
+    parts[1] = bytes(int(np.prod(shape)))
+    return parts
+
+
 MALFORMED = {
     "not json": ([b"\x80\x04pickle", b""], "header is not JSON"),
     "schema": (edit_header(lambda h: h.update(schema=2)), "schema version expected 1, got 2"),
@@ -136,6 +144,22 @@ MALFORMED = {
     "eos reason": ([json.dumps({"schema": 1, "kind": "eos", "arrays": [], "fields": {
         "stream": "0", "frames": 1, "reason": "crash", "message": ""}}).encode()],
         "'reason' expected one of"),
+    "eos frames": ([json.dumps({"schema": 1, "kind": "eos", "arrays": [], "fields": {
+        "stream": "0", "frames": -1, "reason": "eof", "message": ""}}).encode()],
+        "'frames' expected >= 0"),
+    "0x0 image": (with_image([0, 0, 3]), r"image expected at least 1x1 pixels, got 0x0"),
+    "0-wide image": (with_image([24, 0, 3]), r"image expected at least 1x1 pixels, got 0x24"),
+    "pts 2**100": (edit_header(lambda h: h["fields"].update(pts=2**100)),
+                   "field 'pts' expected a 64-bit integer, got 1267650600228229401496703205376"),
+    "index 2**64": (edit_header(lambda h: h["fields"].update(index=2**64)),
+                    "field 'index' expected a 64-bit integer"),
+    "NaN time": (edit_header(lambda h: h["fields"].update(t_decoded=float("nan"))),
+                 "field 't_decoded' expected a finite number, got nan"),
+    "inf time": (edit_header(lambda h: h["fields"].update(t_decoded=float("-inf"))),
+                 "field 't_decoded' expected a finite number, got -inf"),
+    "huge time base": (edit_header(lambda h: h["fields"].update(time_base=[1, 2**40])),
+                       "'time_base' expected"),
+    "zero rate": (edit_header(lambda h: h["fields"].update(rate=[0, 1])), "'rate' expected"),
 }
 
 
@@ -164,6 +188,77 @@ def test_a_stage_receiver_counts_and_drops_malformed_messages(pair):
     same(good, receiver.recv(timeout_ms=5000))
     assert receiver.malformed == len(MALFORMED) + 1  # + the frame this hop does not take
     assert "unexpected frame message" in receiver.last_error
+
+
+def test_an_empty_image_is_refused_where_messages_are_built():
+    with pytest.raises(WireError, match="at least 1x1 pixels, got 0x0"):
+        FrameMsg(**FRAME, image=np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(WireError, match="finite number"):
+        FrameMsg(**(FRAME | {"t_decoded": float("inf")}), image=image())
+
+
+def eos(stream="cam-1", frames=2):
+    return EndOfStream(stream=stream, frames=frames)
+
+
+def test_forged_end_of_stream_is_counted_and_dropped(pair):
+    """In a run with a fixed number of streams an end-of-stream ends stages, so it must
+    agree with what this stage received of its stream; anything else is forged."""
+    sender, receiver, _ = pair
+    receiver.streams = 1
+    frame = FrameMsg(**FRAME, image=image())
+    forged = [eos(frames=5),                  # claims frames that never arrived
+              eos(stream="intruder", frames=0)]  # a second stream in a one-stream run
+    for msg in [frame, frame, *forged, eos(), eos(), frame]:  # then: repeated, late frame
+        sender.send(msg)
+    got = [receiver.recv(timeout_ms=5000) for _ in range(3)]
+    assert [m.KIND for m in got] == ["frame", "frame", "eos"] and got[2].frames == 2
+    assert receiver.recv(timeout_ms=300) is None
+    assert receiver.malformed == 4
+    assert "after its end-of-stream" in receiver.last_error
+
+
+@pytest.mark.parametrize("msgs, error", [
+    ([eos(frames=5)], "end-of-stream of stream 'cam-1' claims 5 frames, 0 arrived"),
+    ([eos(stream="a", frames=0), eos(stream="b", frames=0)],
+     "stream 'b' is not one of this run's 1 stream(s)"),
+    ([eos(frames=0), eos(frames=0)], "stream 'cam-1' already ended"),
+])
+def test_forged_end_of_stream_errors_name_the_inconsistency(pair, msgs, error):
+    sender, receiver, _ = pair
+    receiver.streams = 1
+    for msg in msgs:
+        sender.send(msg)
+    for _ in msgs[:-1]:
+        assert isinstance(receiver.recv(timeout_ms=5000), EndOfStream)
+    assert receiver.recv(timeout_ms=300) is None
+    assert receiver.malformed == 1 and error in receiver.last_error
+
+
+def test_live_runs_do_not_judge_end_of_stream(pair):
+    """streams=0 (live, run until stopped): an end-of-stream ends nothing, and a restarted
+    camera source legitimately repeats one; they all pass."""
+    sender, receiver, _ = pair
+    for msg in (eos(frames=0), eos(frames=0), eos(frames=9)):
+        sender.send(msg)
+    assert all(isinstance(receiver.recv(timeout_ms=5000), EndOfStream) for _ in range(3))
+    assert receiver.malformed == 0
+
+
+def test_abstract_ipc_is_not_private():
+    """``ipc://@name`` lives in the abstract namespace: no file, no permissions, any local
+    user can connect; it is treated like a non-loopback address."""
+    assert not is_loopback_or_ipc("ipc://@gimefive-test")
+    assert is_loopback_or_ipc("ipc:///tmp/x/y.sock")
+    ctx = zmq.Context()
+    try:
+        for bind in (True, False):
+            with pytest.raises(GimefiveError, match="refusing to (bind|connect) "
+                                                    "ipc://@gimefive-test without encryption"):
+                open_socket(ctx, zmq.PULL, "ipc://@gimefive-test", bind=bind)
+        open_socket(ctx, zmq.PULL, "ipc://@gimefive-test", bind=True, insecure=True).close(0)
+    finally:
+        ctx.term()
 
 
 def test_private_ipc_dir_is_0700_and_removed():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from gimefive.config import CONFIG_DIR
+from gimefive.config import shipped_config
 
-DEFAULT_CONFIG = CONFIG_DIR / "train_default.yaml"
+DEFAULT_CONFIG = shipped_config("train_default.yaml")
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value):

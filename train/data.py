@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,25 +47,31 @@ def read_labels_csv(csv_path: str | Path) -> list[tuple[str, int]]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"labels CSV not found: {csv_path}")
-    rows: list[tuple[str, int]] = []
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            name, sep, label_text = line.rpartition(",")
-            name = name.strip().strip('"')
-            if not sep or not name:
-                raise DataError(f"{csv_path} row {number}: expected 'filename,label', got {line!r}")
-            try:
-                label = int(label_text)
-            except ValueError:
-                raise DataError(f"{csv_path} row {number} ({name}): label {label_text.strip()!r} "
-                                f"is not an integer 0..{NUM_CLASSES - 1}") from None
-            if not 0 <= label < NUM_CLASSES:
-                raise DataError(f"{csv_path} row {number} ({name}): label {label} is outside "
-                                f"0..{NUM_CLASSES - 1}")
-            rows.append((name, label))
+        return parse_labels_csv(f, csv_path)
+
+
+def parse_labels_csv(lines: Iterable[str], csv_path: str | Path) -> list[tuple[str, int]]:
+    """The rows of :func:`read_labels_csv` from lines already read (e.g. a pack's CSV bytes,
+    checked before anything is written); ``csv_path`` only names the CSV in errors."""
+    rows: list[tuple[str, int]] = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, label_text = line.rpartition(",")
+        name = name.strip().strip('"')
+        if not sep or not name:
+            raise DataError(f"{csv_path} row {number}: expected 'filename,label', got {line!r}")
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise DataError(f"{csv_path} row {number} ({name}): label {label_text.strip()!r} "
+                            f"is not an integer 0..{NUM_CLASSES - 1}") from None
+        if not 0 <= label < NUM_CLASSES:
+            raise DataError(f"{csv_path} row {number} ({name}): label {label} is outside "
+                            f"0..{NUM_CLASSES - 1}")
+        rows.append((name, label))
     if not rows:
         raise DataError(f"labels CSV is empty: {csv_path}")
     return rows

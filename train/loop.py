@@ -44,12 +44,12 @@ from gimefive.train.evaluate import (
 )
 
 from gimefive.checkpoint import save_weights
-from gimefive.config import CONFIG_DIR, load_config, save_config, to_dict
+from gimefive.config import load_config, save_config, shipped_config, to_dict
 from gimefive.errors import GimefiveError
 from gimefive.labels import EMOTIONS
 from gimefive.model import GiMeFive, ModelConfig
 
-DEFAULT_CONFIG = CONFIG_DIR / "train_default.yaml"
+DEFAULT_CONFIG = shipped_config("train_default.yaml")
 STATE_FILE, BEST_FILE, CONFIG_FILE = "state.pt", "best.safetensors", "config.yaml"
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")

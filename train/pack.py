@@ -17,12 +17,14 @@ like the original folder and the checkpoint records the same CSV hash.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import click
 import cv2
 import numpy as np
-from gimefive.train.data import load_split, read_labels_csv
+from gimefive.train.data import load_split, parse_labels_csv
 
 from gimefive.errors import DataError
 from gimefive.preprocess import INPUT_SIZE
@@ -79,30 +81,83 @@ def pack(data_dir: str | Path, csv_path: str | Path, out: str | Path,
 
 
 def unpack(pack_path: str | Path, out_dir: str | Path) -> Path:
-    """Write every face as PNG plus the labels CSV into ``out_dir``; returns the CSV path."""
+    """Write every face as PNG plus the labels CSV into ``out_dir``; returns the CSV path.
+
+    A pack comes from another machine, so every name in it is checked (and every face
+    decoded) before the first byte is written: a bad pack leaves nothing behind.
+    """
     pack_path, out_dir = Path(pack_path), Path(out_dir)
     if not pack_path.is_file():
         raise DataError(f"pack not found: {pack_path}")
-    with np.load(pack_path, allow_pickle=False) as z:
-        if int(z["version"]) != PACK_VERSION:
-            raise DataError(f"{pack_path}: pack version {int(z['version'])}, expected "
-                            f"{PACK_VERSION}")
-        jpeg, offsets, size = z["jpeg"], z["offsets"], int(z["size"])
-        csv_name, csv_bytes = str(z["csv_name"]), z["csv_bytes"].tobytes()
-    mosaics = np.stack([cv2.imdecode(jpeg[a:b], cv2.IMREAD_GRAYSCALE)
-                        for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
+    z = _read_pack(pack_path)
+    csv_name, csv_bytes = z["csv_name"], z["csv_bytes"]
+    csv_path = _inside(out_dir, csv_name, pack_path, "CSV name")
+    try:
+        text = csv_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{pack_path}: its labels CSV is not UTF-8 text") from None
+    rows = parse_labels_csv(io.StringIO(text, newline=""), f"{pack_path}: {csv_name}")
+    paths = [_inside(out_dir, name, pack_path, "file name") for name, _ in rows]
+    if csv_path in paths:
+        raise DataError(f"{pack_path}: a face is named like its labels CSV {csv_name!r}")
+    faces = _decode_faces(pack_path, z, len(rows))
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / csv_name
     csv_path.write_bytes(csv_bytes)
-    filenames = [name for name, _ in read_labels_csv(csv_path)]  # packed in CSV order
-    for name, face in zip(filenames, _faces(mosaics, len(filenames), size), strict=True):
-        path = out_dir / name
+    for (name, _), path, face in zip(rows, paths, faces, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         ok, buf = cv2.imencode(".png", face)
         if not ok:
             raise DataError(f"OpenCV could not PNG-encode {name}")
         buf.tofile(path)
     return csv_path
+
+
+def _read_pack(pack_path: Path) -> dict:
+    """The pack's arrays; anything that is not a version-1 pack is one clear error."""
+    try:
+        with np.load(pack_path, allow_pickle=False) as z:
+            version = int(z["version"])
+            if version != PACK_VERSION:
+                raise DataError(f"{pack_path}: pack version {version}, expected "
+                                f"{PACK_VERSION}")
+            return {"jpeg": z["jpeg"], "offsets": z["offsets"], "size": int(z["size"]),
+                    "csv_name": str(z["csv_name"]), "csv_bytes": z["csv_bytes"].tobytes()}
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{pack_path}: not a gimefive pack ({type(exc).__name__}: "
+                        f"{str(exc)[:80]})") from None
+
+
+def _inside(out_dir: Path, name: str, pack_path: Path, what: str) -> Path:
+    """``out_dir / name``, refused when ``name`` is absolute or resolves outside
+    ``out_dir`` (``..``, or a symlink already there): a pack must not write elsewhere."""
+    root = out_dir.resolve()
+    try:
+        target = (root / name).resolve() if name and not Path(name).is_absolute() else None
+    except (ValueError, OSError):  # an embedded NUL byte, a symlink loop
+        target = None
+    if target is None or target == root or not target.is_relative_to(root):
+        raise DataError(f"{pack_path}: refusing {what} {name!r:.120}: absolute or outside "
+                        f"the output folder {out_dir}")
+    return out_dir / name
+
+
+def _decode_faces(pack_path: Path, z: dict, count: int) -> np.ndarray:
+    """The first ``count`` faces of the pack's mosaics, checked before anything is written."""
+    jpeg, offsets, size = z["jpeg"], z["offsets"], z["size"]
+    side = TILES * size
+    if offsets.ndim != 1 or len(offsets) < 1 or np.any(np.diff(offsets) <= 0) or \
+            offsets[0] < 0 or offsets[-1] > len(jpeg) or not 8 <= size <= 1024:
+        raise DataError(f"{pack_path}: not a gimefive pack (inconsistent mosaic offsets "
+                        f"or face size)")
+    packed = (len(offsets) - 1) * TILES * TILES
+    if count > packed:
+        raise DataError(f"{pack_path}: its CSV lists {count} rows but {packed} faces "
+                        f"are packed")
+    mosaics = [cv2.imdecode(jpeg[a:b], cv2.IMREAD_GRAYSCALE)
+               for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    if any(m is None or m.shape != (side, side) for m in mosaics):
+        raise DataError(f"{pack_path}: a mosaic is not a {side}x{side} gray JPEG")
+    return _faces(np.stack(mosaics), count, size)
 
 
 @click.command("pack-data", context_settings={"show_default": True})

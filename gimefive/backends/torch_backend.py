@@ -7,7 +7,7 @@ class c; CAM = ReLU of the weighted channel sum, min-max scaled to 0..1 per face
 ``cam_method="backward"`` gets the same map from a full ``backward()`` (every parameter
 gradient filled, as pytorch-grad-cam and the paper's script do; for comparisons).
 ``cam_method="graph"`` uses the closed-form in-graph CAM of
-:class:`gimefive.export.cam_graph.GiMeFiveCam` instead (one forward pass, no backward),
+:class:`gimefive.cam_graph.GiMeFiveCam` instead (one forward pass, no backward),
 which is what the exported engines run; autograd stays the default because it is the
 definition every other backend is checked against.
 """
@@ -31,7 +31,7 @@ CAM_METHODS = ("autograd", "graph", "backward")
 def autograd_gradcam(model, x: torch.Tensor, layer: str = "conv5",
                      class_index: torch.Tensor | None = None):
     """``(logits, cam [N,h,w])`` with Grad-CAM of ``class_index`` (default: predicted)."""
-    from gimefive.export.cam_graph import weighted_cam
+    from gimefive.cam_graph import weighted_cam
 
     with torch.enable_grad():
         logits, kept = model.forward_with(x, keep=(layer,))
@@ -52,7 +52,7 @@ def full_backward_gradcam(model, x: torch.Tensor, layer: str = "conv5"):
     Only for comparison (benchmarks): it costs a full backward pass, where
     :func:`autograd_gradcam` asks autograd for the one gradient it needs.
     """
-    from gimefive.export.cam_graph import weighted_cam
+    from gimefive.cam_graph import weighted_cam
 
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
@@ -83,7 +83,7 @@ class TorchBackend(Backend):
     def __init__(self, weights: str | Path | None = None, cam_layer: str = "conv5",
                  precision: str = "fp32", device: str = "auto", cam_method: str = "autograd",
                  threads: int | None = None, model=None) -> None:
-        from gimefive.export.cam_graph import CAM_LAYERS, GiMeFiveCam
+        from gimefive.cam_graph import CAM_LAYERS, GiMeFiveCam
 
         if cam_layer not in CAM_LAYERS:
             raise GimefiveError(f"cam_layer must be one of {sorted(CAM_LAYERS)}, got {cam_layer!r}")

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gimefive.pipeline.probe import check_frame_size
 from gimefive.pipeline.stage import Stage
+from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 from gimefive.pipeline.wire import EndOfStream, FrameMsg, Message
 
 from gimefive.errors import GimefiveError
+from gimefive.urls import redact_text, redact_url
 
 
 class VideoFileReader:
@@ -40,10 +43,11 @@ class VideoFileReader:
         try:
             self.container = av.open(url)
         except av.error.FFmpegError as exc:
-            raise GimefiveError(f"cannot read {url} as a video ({_reason(exc)})") from None
+            raise GimefiveError(f"cannot read {redact_url(url)} as a video ({_reason(exc)})"
+                                ) from None
         if not self.container.streams.video:
             self.container.close()
-            raise GimefiveError(f"{url}: no video stream")
+            raise GimefiveError(f"{redact_url(url)}: no video stream")
         self.url = url
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
@@ -71,14 +75,16 @@ class VideoFileReader:
             for frame in self.container.decode(self.stream):
                 yield frame.pts, frame.to_ndarray(format="bgr24")
         except av.error.FFmpegError as exc:
-            raise GimefiveError(f"{self.url}: decoding failed ({_reason(exc)})") from None
+            raise GimefiveError(f"{redact_url(self.url)}: decoding failed ({_reason(exc)})"
+                                ) from None
 
     def close(self) -> None:
         self.container.close()
 
 
 def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc).split(":")[-1].strip() or type(exc).__name__
+    reason = getattr(exc, "strerror", None) or str(exc).split(":")[-1].strip()
+    return redact_text(reason or type(exc).__name__)
 
 
 class FrameQueue:
@@ -160,6 +166,7 @@ class SourceStage(Stage):
         self.queue = FrameQueue(self.queue_size, self.queue_policy)
         self.thread = threading.Thread(target=self._read, name="decode", daemon=True)
         self.index = 0
+        self.clock = IncreasingPts(frame_step(self.rate, self.time_base))
 
     def info(self) -> dict[str, Any]:
         return self.reader.info()
@@ -176,8 +183,11 @@ class SourceStage(Stage):
 
     def process(self, msg: tuple[int | None, np.ndarray]) -> list[Message]:
         pts, image = msg
-        if pts is None and self.rate:  # rare; keep timestamps monotonic from the rate
-            pts = round(self.index / Fraction(*self.rate) / Fraction(*self.time_base))
+        # a frame over the limit would cost that much in every queue down the pipeline
+        check_frame_size(image.shape[1], image.shape[0], self.config.max_pixels,
+                         f"frame {self.index} of the input")
+        pts = self.clock(pts)  # missing, repeated or going back: after the previous one
+        self.counters["pts_repaired"] = self.clock.repaired
         out = FrameMsg(stream=self.stream_id, index=self.index, pts=pts,
                        time_base=self.time_base, rate=self.rate, t_decoded=time.time(),
                        extra={"dropped": self.queue.dropped} if self.queue.dropped else {},
