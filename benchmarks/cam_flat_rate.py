@@ -3,7 +3,7 @@
     python benchmarks/cam_flat_rate.py [--faces 128] [--weights W]
 
 Uses the first N faces of RAF-DB test in a fixed random order
-(``gimefive.synthetic.load_dataset_faces``), the torch backend's autograd Grad-CAM for
+(``gimefive.pipeline.bench.scenes.load_dataset_faces``), the torch backend's autograd Grad-CAM for
 the predicted class at conv5 and at conv4.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from gimefive.pipeline.bench.scenes import load_dataset_faces
 
 from gimefive.backends import create_backend
 from gimefive.preprocess import preprocess_faces
-from gimefive.synthetic import load_dataset_faces
 
 
 def main() -> None:

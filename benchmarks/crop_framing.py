@@ -2,11 +2,11 @@
 faces the shipped model never trained on and that are not test faces: the RAF-DB part of
 the shipped run's validation carve-out (stratified 5% of train_labels.csv, seed 0).
 
-The faces are pasted into a moving 640x360 scene (gimefive.synthetic), annotated by the
+The faces are pasted into a moving 640x360 scene (gimefive.pipeline.bench.scenes), annotated by the
 whole pipeline once per setting, and scored against ground truth. The same model on the
 true boxes cut from the decoded frames is the reference (what rendering alone costs).
 
-    python benchmarks/crop_framing.py [--data ../shared/data/fer-gimefive] [-o DIR]
+    python benchmarks/crop_framing.py [--data DATASET] [-o DIR]
         [--grid align|shift] [--pad 0.25]
 """
 
@@ -21,14 +21,15 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from gimefive.pipeline.bench.scenes import make_scene_video
 from gimefive.pipeline.config import load_annotate_config
 from gimefive.pipeline.run import annotate_video
 from gimefive.pipeline.tracking import match_boxes
-from gimefive.train.data import read_labels_csv, stratified_split
+from gimefive.train.data import stratified_split
 
 from gimefive.backends import create_backend
+from gimefive.dataset import read_labels_csv, require_dataset
 from gimefive.preprocess import preprocess_faces
-from gimefive.synthetic import make_scene_video
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,14 +67,16 @@ def framing_grid(name: str) -> list[tuple[str, float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/fer-gimefive")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="fer-gimefive dataset root [default: $GIMEFIVE_DATA, else "
+                             "../shared/data/fer-gimefive]")
     parser.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks/results/crop_framing")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--grid", choices=("align", "shift"), default="align")
     parser.add_argument("--pad", type=float, default=0.25,
                         help="blurred border around each pasted face, fraction of its size")
     args = parser.parse_args()
-    faces = validation_faces(args.data)
+    faces = validation_faces(args.data or require_dataset("crop_framing"))
     result = {"faces": len(faces), "frames": args.frames, "faces_per_frame": 6, "pad": args.pad,
               "settings": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import av
+from gimefive.pipeline.bench.scenes import load_dataset_faces, make_scene_video, score_detections
 
 from gimefive.detector import FaceDetector
-from gimefive.synthetic import load_dataset_faces, make_scene_video, score_detections
 
 
 def parse_setting(text: str) -> tuple[int, bool]:

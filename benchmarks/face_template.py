@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from gimefive.pipeline.bench.scenes import load_dataset_faces, padded_face
 
 from gimefive.detector import FaceDetector
-from gimefive.synthetic import load_dataset_faces, padded_face
 
 SIZES = (64, 96, 128)
 

@@ -197,9 +197,9 @@ def _weights():
 
 def detector_fps(clip: Path, providers: list[str]) -> dict:
     import av
+    from gimefive.pipeline.bench.scenes import default_faces, make_scene_video
 
     from gimefive.detector import FaceDetector
-    from gimefive.synthetic import default_faces, make_scene_video
 
     faces, source = default_faces(12)
     make_scene_video(clip, faces, 1920, 1080, 100, 25, seed=0)
@@ -234,7 +234,7 @@ def annotate_fps(clip: Path, weights: Path, backend: str) -> dict:
     from gimefive.pipeline.run import annotate_video
 
     if not clip.is_file():
-        from gimefive.synthetic import default_faces, make_scene_video
+        from gimefive.pipeline.bench.scenes import default_faces, make_scene_video
 
         make_scene_video(clip, default_faces(12)[0], 1920, 1080, 100, 25, seed=0)
     config = load_annotate_config(backend=backend, weights=str(weights))

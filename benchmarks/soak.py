@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from rtsp_server import RtspServer, server_unavailable_reason  # noqa: E402
 
+from gimefive.memory import rss_mb  # noqa: E402
+
 
 def stage_processes(parent: int) -> dict[str, int]:
     """Stage name -> pid of the monitor's children (matched by parent pid)."""
@@ -53,16 +55,6 @@ def stage_processes(parent: int) -> dict[str, int]:
                 name = f"source-{args[args.index('--stream') + 1]}"
             found[name] = int(entry.name)
     return found
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def make_weights(path: Path) -> Path:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gimefive.pipeline.bench.machine import cpu_name
 from gimefive.train.loop import bf16_is_fast
 
 from gimefive.model import GiMeFive
@@ -86,7 +86,7 @@ def main() -> None:
                      "images_per_s_median": args.batch_size / med,
                      "images_per_s_best": args.batch_size / best, "step_times_s": times[m]})
     base = rows[0]["images_per_s_median"]
-    machine = {"cpu": cpu_model(), "cores": torch.get_num_threads(),
+    machine = {"cpu": cpu_name(), "cores": torch.get_num_threads(),
                "device": str(device), "torch": torch.__version__,
                "native_bf16": bf16_is_fast(device)}
     print(f"\nGiMeFive training throughput, batch {args.batch_size}, {args.steps} timed steps "

@@ -28,14 +28,21 @@ from gimefive.errors import GimefiveError
 PRECISIONS = ("fp32", "int8")
 #: faces used to verify a graph built on first use (the export command uses more)
 VERIFY_FACES = 16
-CALIBRATION_FACES = 512
+#: training crops that calibrate INT8 (benchmarks/int8_accuracy.py; docs/int8.md)
+CALIBRATION_FACES = 2048
 
 
 def onnx_key(weights_hash: str, cam_layer: str, with_cam: bool, precision: str,
              opset: int = OPSET, calibration_faces: int = CALIBRATION_FACES) -> str:
+    """The artifact's file stem; INT8 keys name the quantization method, so a cache built
+    with another method is never reused."""
+    from gimefive.export.quantize import DEFAULT_METHOD
+
     head = cam_layer if with_cam else "probs"
+    method = DEFAULT_METHOD.tag if precision == "int8" else ""
     calib = f"cal{calibration_faces}" if precision == "int8" else ""
-    return artifact_key("gimefive", weights_hash, head, f"opset{opset}", precision, calib)
+    return artifact_key("gimefive", weights_hash, head, f"opset{opset}", method, precision,
+                        calib)
 
 
 def onnx_artifact(weights: str | Path | None = None, cam_layer: str = "conv5",
@@ -81,12 +88,13 @@ def onnx_artifact(weights: str | Path | None = None, cam_layer: str = "conv5",
 def _build_int8(tmp: Path, weights, cam_layer: str, with_cam: bool, model, opset: int,
                 n_faces: int) -> None:
     from gimefive.export.faces import calibration_faces
-    from gimefive.export.quantize import quantize_int8
+    from gimefive.export.quantize import DEFAULT_METHOD, QUANTIZED_OPS, quantize_int8
 
     fp32 = onnx_artifact(weights, cam_layer, with_cam, "fp32", model, opset)
     faces = calibration_faces(n_faces)
     quantize_int8(fp32, tmp, faces.x)
     info = {"precision": "int8", "from": fp32.name, "calibration": faces.source,
-            "quantized_ops": ["Conv", "Gemm"], "cam_head": "fp32"}
+            "method": DEFAULT_METHOD.tag, "quantized_ops": list(QUANTIZED_OPS),
+            "cam_head": "fp32"}
     final = tmp.with_name(tmp.name.replace(f".{os.getpid()}.tmp", ""))
     report_path(final).write_text(json.dumps(info, indent=2))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gimefive.config import shipped_config
+from gimefive.labels import UNCERTAIN_THRESHOLD
 
 CAM_LAYERS = click.Choice(["conv5", "conv4"])
 
@@ -83,7 +84,8 @@ def export_command(fmt, precision, cam_layer, class_input, weights, output, conf
 @click.option("--activations", is_flag=True,
               help="Also write a grid of the most active feature maps per conv block.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Uncertain below this top probability. [default: from the weights, 0.4]")
+              help="Uncertain below this top probability. [default: the weights' "
+                   f"uncertain_threshold, else {UNCERTAIN_THRESHOLD}]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def explain_command(inputs, out_dir, weights, backend, cam_layer, detect, crop_max_side,
                     activations, threshold, quiet):
@@ -98,12 +100,12 @@ def explain_command(inputs, out_dir, weights, backend, cam_layer, detect, crop_m
     from tqdm import tqdm
 
     from gimefive.backends import create_backend
-    from gimefive.checkpoint import load_model
+    from gimefive.checkpoint import load_model, uncertain_threshold_of
 
     paths = ex.collect_images(inputs)  # fail on a bad path before loading any model
     for p in paths:
         ex.read_image(p)
-    ex_threshold = threshold if threshold is not None else _threshold(weights)
+    ex_threshold = threshold if threshold is not None else uncertain_threshold_of(weights)
     model = load_model(weights)[0] if activations else None
     progress = None if quiet or len(paths) < 2 else (
         lambda it: tqdm(it, desc="explain", unit="face"))
@@ -113,14 +115,3 @@ def explain_command(inputs, out_dir, weights, backend, cam_layer, detect, crop_m
     click.echo(f"{summary['faces']} face(s) from {summary['images']} image(s) "
                f"({summary['detected']} detected) with backend {engine.name}: "
                f"{summary['csv']} and figures in {out_dir}")
-
-
-def _threshold(weights) -> float:
-    from gimefive.export.explain import DEFAULT_UNCERTAIN
-
-    from gimefive.checkpoint import DEFAULT_WEIGHTS, read_metadata
-
-    path = Path(weights) if weights else DEFAULT_WEIGHTS
-    if path.suffix == ".safetensors" and path.is_file():
-        return float(read_metadata(path).get("uncertain_threshold", DEFAULT_UNCERTAIN))
-    return DEFAULT_UNCERTAIN

@@ -22,7 +22,6 @@ from gimefive.labels import EMOTIONS, UNCERTAIN
 from gimefive.preprocess import preprocess_faces
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
-DEFAULT_UNCERTAIN = 0.4
 CSV_FIELDS = ["image", "face", "source", "x1", "y1", "x2", "y2", "label", "uncertain",
               "confidence", *EMOTIONS]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gimefive.digest import file_sha256
 from gimefive.errors import GimefiveError
 
 OPSET = 17
@@ -38,14 +39,6 @@ class ExportError(GimefiveError):
 class ExportResult:
     path: Path
     report: dict
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_sha256(model: torch.nn.Module) -> str:

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gimefive.config import load_config, save_config, shipped_config, to_dict
+from gimefive.config import (
+    check_settings,
+    load_config,
+    save_config,
+    setting,
+    shipped_config,
+    to_dict,
+)
 from gimefive.errors import GimefiveError
 
 DEFAULT_CONFIG = shipped_config("export.yaml")
@@ -23,28 +30,38 @@ PRECISIONS = {"onnx": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 
 @dataclass
 class ExportConfig:
-    format: str = "onnx"
-    precision: str = "fp32"
-    cam_layer: str = "conv5"
-    class_input: bool = False
-    opset: int = 17
-    weights: str | None = None  # None: the shipped weights
-    output: str | None = None  # None: gimefive-<layer>[-<precision>].<onnx|engine>
-    verify_faces: int = 64  # RAF-DB test faces (else astronaut + synthetic) for parity
-    calibration_faces: int = 512  # training crops for INT8
-    max_batch: int = 128  # TensorRT optimisation profile: 1 .. max_batch
-    opt_batch: int = 32
+    """What ``gimefive export`` builds; ``configs/export.yaml`` is generated from it."""
+
+    format: str = setting("onnx", choices=FORMATS, help="onnx (any machine) or tensorrt "
+                          "(needs an NVIDIA GPU with TensorRT).")
+    precision: str = setting("fp32", choices=("fp32", "fp16", "int8"), help="onnx: fp32 or "
+                             "int8 (static, calibrated on training faces); tensorrt: fp32, "
+                             "fp16 or int8.")
+    cam_layer: str = setting("conv5", choices=("conv5", "conv4"), help="Grad-CAM layer: "
+                             "conv5 (4x4 map, the paper's) or conv4 (8x8, finer).")
+    class_input: bool = setting(False, help="Add an int64 input `class_index` [N] choosing "
+                                "the explained class.")
+    opset: int = setting(17, min=13, help="ONNX opset.")
+    weights: str | None = setting(None, path=True, help="A .safetensors from `gimefive "
+                                  "train` or the paper's .pth; null: the shipped weights.")
+    output: str | None = setting(None, path=True, help="Where to write the model; null: "
+                                 "gimefive-<layer>[-<precision>].onnx / .engine here.")
+    verify_faces: int = setting(64, min=1, help="RAF-DB test faces (else astronaut + "
+                                "synthetic) compared with PyTorch autograd Grad-CAM.")
+    calibration_faces: int = setting(2048, min=1, help="RAF-DB training crops for INT8 "
+                                     "calibration.")
+    max_batch: int = setting(128, min=1, help="TensorRT dynamic batch profile: "
+                             "1..max_batch.")
+    opt_batch: int = setting(32, min=1, help="TensorRT batch size optimised for.")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def validate(self) -> ExportConfig:
-        if self.format not in FORMATS:
-            raise GimefiveError(f"format must be one of {FORMATS}, got {self.format!r}")
+        """The limit that depends on two fields (each field's own: ``__post_init__``)."""
         if self.precision not in PRECISIONS[self.format]:
             raise GimefiveError(f"precision {self.precision!r} is not offered for "
                                 f"{self.format}; choose one of {PRECISIONS[self.format]}")
-        if self.cam_layer not in ("conv5", "conv4"):
-            raise GimefiveError(f"cam_layer must be conv5 or conv4, got {self.cam_layer!r}")
-        if self.verify_faces < 1 or self.calibration_faces < 1 or self.max_batch < 1:
-            raise GimefiveError("verify_faces, calibration_faces and max_batch must be >= 1")
         return self
 
     def output_path(self) -> Path:
@@ -62,9 +79,10 @@ def load_export_config(path: str | Path | None = None, **overrides) -> ExportCon
 def run_export(config: ExportConfig) -> dict:
     """Export as configured; returns the verification report (also written beside it)."""
     from gimefive.export.faces import verification_faces
-    from gimefive.export.onnx_export import export_verified, file_sha256, report_path
+    from gimefive.export.onnx_export import export_verified, report_path
 
     from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model
+    from gimefive.digest import file_sha256
 
     if config.format == "tensorrt":
         from gimefive.export.tensorrt import require_tensorrt
@@ -96,7 +114,7 @@ def _int8(fp32: Path, out: Path, faces, config: ExportConfig, fp32_report: dict)
     """Quantize, then measure (not gate) how far INT8 moves from the fp32 graph."""
     import onnxruntime as ort
     from gimefive.export.faces import calibration_faces
-    from gimefive.export.quantize import quantize_int8
+    from gimefive.export.quantize import DEFAULT_METHOD, quantize_int8
 
     calib = calibration_faces(config.calibration_faces)
     quantize_int8(fp32, out, calib.x)
@@ -110,7 +128,7 @@ def _int8(fp32: Path, out: Path, faces, config: ExportConfig, fp32_report: dict)
     (p32, c32), (p8, c8) = runs["fp32"], runs["int8"]
     return {**fp32_report, "format": "onnx", "precision": "int8", "path": str(out),
             "sha256": _sha(out), "calibration": calib.source,
-            "fp32_reference": str(fp32),
+            "int8_method": DEFAULT_METHOD.tag, "fp32_reference": str(fp32),
             "int8_vs_fp32": {"faces": len(faces.x),
                              "top1_agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
                              "probs_max_abs_diff": float(np.abs(p32 - p8).max()),
@@ -132,6 +150,6 @@ def _tensorrt(onnx_path: Path, out: Path, config: ExportConfig, report: dict) ->
 
 
 def _sha(path: Path) -> str:
-    from gimefive.export.onnx_export import file_sha256
+    from gimefive.digest import file_sha256
 
     return file_sha256(path) if os.path.exists(path) else ""

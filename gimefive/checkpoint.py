@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gimefive.errors import GimefiveError
-from gimefive.labels import EMOTIONS
+from gimefive.labels import EMOTIONS, UNCERTAIN_THRESHOLD
 from gimefive.model import GiMeFive, ModelConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -39,6 +39,20 @@ def read_metadata(path: str | Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get("gimefive")
     return json.loads(raw) if raw else {}
+
+
+def uncertain_threshold_of(weights: str | Path | None = None, meta: dict | None = None
+                           ) -> float:
+    """The abstain threshold of ``weights`` (default: the shipped ones): the
+    ``uncertain_threshold`` their metadata (or the given ``meta``) holds, else
+    :data:`~gimefive.labels.UNCERTAIN_THRESHOLD`. The one reader every command uses."""
+    if meta is None:
+        path = Path(weights) if weights else DEFAULT_WEIGHTS
+        meta = read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
+    value = meta.get("uncertain_threshold")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return UNCERTAIN_THRESHOLD
 
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

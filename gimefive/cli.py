@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "explain": "gimefive.export.cli:explain_command",
     "annotate": "gimefive.pipeline.cli:annotate_command",
     "stage": "gimefive.pipeline.cli:stage_command",
+    "keys": "gimefive.pipeline.cli:keys_command",
     "monitor": "gimefive.pipeline.monitor_cli:monitor_command",
     "bench": "gimefive.pipeline.bench_cli:bench_command",
 }
@@ -41,6 +42,7 @@ SHORT_HELP: dict[str, str] = {
     "explain": "Scores CSV and Grad-CAM figures for images.",
     "annotate": "Annotate a video file: faces, emotions, Grad-CAM.",
     "stage": "Run one pipeline stage alone (for multi-host set-ups).",
+    "keys": "Write CurveZMQ keys for stages on several hosts.",
     "monitor": "Monitor live RTSP cameras.",
     "bench": "Measure the whole system side by side.",
 }

@@ -1,5 +1,11 @@
 """Typed configuration: dataclasses filled from ``configs/*.yaml`` and command-line overrides.
 
+The dataclass is the schema: each field is declared with :func:`setting`, which carries its
+help, range and choices once. Validation (:func:`check_settings`), the command-line options
+(:mod:`gimefive.config_cli`) and the shipped YAML files (:func:`render_defaults`, written by
+``python -m gimefive.config --write-defaults``) are derived from it, and a test keeps the
+shipped files equal to what the dataclasses say.
+
 The default files ship inside the package (``gimefive.configs``, the top-level
 ``configs/`` folder); :func:`shipped_config` finds them in a checkout and in a wheel install.
 
@@ -10,8 +16,12 @@ and what was given, so a typo in a YAML file never silently falls back to a defa
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
+import textwrap
 import types
 import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +31,63 @@ import yaml
 from gimefive.errors import GimefiveError
 
 T = TypeVar("T")
+_MISSING: Any = dataclasses.MISSING
+
+
+def setting(default: Any = _MISSING, *, help: str, min: float | None = None,
+            max: float | None = None, min_open: bool = False, max_open: bool = False,
+            choices: typing.Iterable[str] | None = None, flag: str | None = None,
+            path: bool = False, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field that documents itself: its help, valid range or choices, and the
+    command-line flag it gets (default ``--name-with-dashes``; ``path``: a file flag).
+
+    Everything else (``__post_init__`` checks, click options and their shown defaults,
+    the commented default YAML) reads this metadata, so a setting is described once.
+    """
+    meta = {"help": help, "min": min, "max": max, "min_open": min_open, "max_open": max_open,
+            "choices": tuple(choices) if choices is not None else None, "flag": flag,
+            "path": path}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def expected(field: dataclasses.Field) -> str | None:
+    """What ``field`` accepts, in words (">= 1", "in (0, 1]", "one of tcp, udp"), if limited."""
+    meta = field.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(meta["choices"])
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and high is not None:
+        return (f"in {'(' if meta['min_open'] else '['}{low:g}, {high:g}"
+                f"{')' if meta['max_open'] else ']'}")
+    if low is not None:
+        return f"{'>' if meta['min_open'] else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if meta['max_open'] else '<='} {high:g}"
+    return None
+
+
+def violates(field: dataclasses.Field, value: Any) -> str | None:
+    """``expected(field)`` when ``value`` is outside it, else None (None values pass:
+    they mean "decided elsewhere", e.g. the shipped weights)."""
+    meta = field.metadata
+    if value is None or not meta:
+        return None
+    low, high = meta.get("min"), meta.get("max")
+    bad = (meta.get("choices") is not None and value not in meta["choices"]) or \
+        (low is not None and (value <= low if meta["min_open"] else value < low)) or \
+        (high is not None and (value >= high if meta["max_open"] else value > high))
+    return expected(field) if bad else None
+
+
+def check_settings(config: Any, label: str = "config key") -> None:
+    """Raise one line naming the first field whose value its metadata does not allow;
+    what every config dataclass's ``__post_init__`` calls."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if (wanted := violates(field, value)) is not None:
+            raise GimefiveError(f"{label} {field.name!r}: expected {wanted}, got {value!r}")
 
 
 def shipped_config(name: str) -> Path:
@@ -104,3 +171,55 @@ def save_config(config: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     return path
+
+
+# ------------------------------------------------------------------- shipped default files
+#: shipped file -> its dataclass (imported on use: the dataclasses import this module)
+DEFAULT_FILES: dict[str, Callable[[], type]] = {
+    "annotate.yaml": lambda: _attr("gimefive.pipeline.config", "AnnotateConfig"),
+    "monitor.yaml": lambda: _attr("gimefive.pipeline.live_monitor", "MonitorConfig"),
+    "export.yaml": lambda: _attr("gimefive.export.run", "ExportConfig"),
+}
+
+
+def _attr(module: str, name: str) -> type:
+    return getattr(importlib.import_module(module), name)
+
+
+def render_defaults(cls: type) -> str:
+    """The commented default YAML of ``cls``: every field, its help above it, its default.
+
+    The shipped ``configs/*.yaml`` are this text, so the default config file documents
+    every setting and never disagrees with the dataclass.
+    """
+    lines = [f"# Defaults of {cls.__module__}.{cls.__name__}, one entry per setting.",
+             "# Generated by `python -m gimefive.config --write-defaults`: edit the "
+             "dataclass, not this file.",
+             "# A --config file of your own needs only the keys it changes; command-line "
+             "flags override both."]
+    for field in dataclasses.fields(cls):
+        default = field.default_factory() if field.default is _MISSING else field.default
+        limits = expected(field)
+        tail = " [" + limits.replace(" ", "\0") + "]" if limits else ""  # kept on one line
+        lines += ["", *(line.replace("\0", " ") for line in textwrap.wrap(
+            field.metadata["help"] + tail, 88, initial_indent="# ", subsequent_indent="# "))]
+        lines.append(yaml.safe_dump({field.name: default}, default_flow_style=False,
+                                    sort_keys=False, width=1000).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def write_defaults() -> list[Path]:
+    """Rewrite every shipped default file from its dataclass; returns the paths."""
+    written = []
+    for name, cls in DEFAULT_FILES.items():
+        path = shipped_config(name)
+        path.write_text(render_defaults(cls()))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-defaults"]:
+        sys.exit("usage: python -m gimefive.config --write-defaults")
+    for written_path in write_defaults():
+        print(f"wrote {written_path}")

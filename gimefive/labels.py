@@ -5,6 +5,9 @@ NUM_CLASSES = len(EMOTIONS)
 
 #: Label shown for a face whose top probability is below the abstain threshold.
 UNCERTAIN = "uncertain"
+#: The abstain threshold when the weights' metadata names none (trained weights carry the
+#: one chosen on their validation split; read it with checkpoint.uncertain_threshold_of).
+UNCERTAIN_THRESHOLD = 0.4
 
 
 def label_name(index: int) -> str:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 from gimefive.pipeline.bench import system_bench
+from gimefive.pipeline.config import AnnotateConfig
 
+from gimefive.config_cli import config_options
 from gimefive.errors import GimefiveError
 
 PARTS = system_bench.SKIPPABLE
@@ -62,14 +64,10 @@ def _at_least(minimum):
               help="Timed runs per measurement (median and best are reported).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="GiMeFive weights [default: shipped; a random-init model if none].")
-@click.option("--backend", default=None, help="Pipeline classifier engine [config: auto].")
+@config_options(AnnotateConfig, "backend", "cam", "cam_every", "detect_every",
+                dest="pipeline")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Annotate YAML config for the pipeline runs.")
-@click.option("--no-cam", is_flag=True, help="Pipeline without Grad-CAM (default: CAM on).")
-@click.option("--cam-every", type=int, default=None, callback=_at_least(1),
-              help="Pipeline Grad-CAM on every Nth frame [config: 1].")
-@click.option("--detect-every", type=int, default=None, callback=_at_least(1),
-              help="Pipeline detection on every Nth frame [config: 1].")
 @click.option("--no-warmup", is_flag=True,
               help="Skip the untimed warm-up run of the pipeline (quick looks only).")
 @click.option("--skip", default="", callback=_skip,

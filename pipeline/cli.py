@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import click
-from gimefive.pipeline.config import DEFAULT_CONFIG
+from gimefive.pipeline.config import DEFAULT_CONFIG, AnnotateConfig
+from gimefive.pipeline.readers import READERS
+from gimefive.pipeline.stage import HWM
 
+from gimefive.config_cli import config_options
 
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be >= 1, got {value}")
-    return value
-
-
-def _opacity(ctx, param, value):
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise click.BadParameter(f"must be between 0 and 1, got {value}")
-    return value
+#: the stage settings `annotate` offers as flags (all others: --config FILE)
+ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "landmarks68",
+                  "cam_opacity", "align", "detect_max_side", "detect_upscale")
 
 
 @click.command("annotate", context_settings={"show_default": True})
@@ -30,28 +28,7 @@ def _opacity(ctx, param, value):
                    "label, uncertain flag, Grad-CAM summary.")
 @click.option("--cam-npz", type=click.Path(path_type=Path),
               help="Also save every face's Grad-CAM map (frame, track id, box, cam) here.")
-@click.option("--backend", default=None, help="Classifier engine: auto|torch|onnxruntime|"
-              "tensorrt [config default: auto, the fastest available].")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="GiMeFive weights (.safetensors or the paper's .pth) [default: shipped].")
-@click.option("--detect-every", type=int, callback=_positive, default=None,
-              help="Detect faces on every Nth frame, track them in between [config: 1].")
-@click.option("--cam-every", type=int, callback=_positive, default=None,
-              help="Grad-CAM on every Nth frame; probabilities on all [config: 1].")
-@click.option("--no-cam", is_flag=True, help="No Grad-CAM at all (faster).")
-@click.option("--landmarks68", is_flag=True, default=None,
-              help="Also draw and write dlib's 68 landmarks (extra: gimefive[landmarks68]).")
-@click.option("--cam-opacity", type=float, callback=_opacity, default=None,
-              help="Opacity of the Grad-CAM overlay inside each box, 0..1 [config: 0.45].")
-@click.option("--align", type=click.Choice(["eyes", "landmarks", "none"]), default=None,
-              help="Crop framing: the box turned so the eyes are level, a fit of the "
-                   "training crops' landmark template, or the plain box [config: eyes].")
-@click.option("--detect-size", type=int, callback=_positive, default=None,
-              help="Long side frames are shrunk to for detection; larger finds smaller "
-                   "faces, slower [config: 640].")
-@click.option("--detect-upscale", is_flag=True, default=None,
-              help="Also enlarge smaller frames to --detect-size: finds faces under about "
-                   "30 px (wide shots), at several times the detector's cost.")
+@config_options(AnnotateConfig, *ANNOTATE_FLAGS)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help=f"YAML config [default: {DEFAULT_CONFIG.name} from configs/].")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
@@ -59,10 +36,15 @@ def _opacity(ctx, param, value):
 @click.option("--force", is_flag=True,
               help="Replace existing outputs (never the input). Outputs are written under "
                    "a temporary name and renamed only when the run succeeds.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="A camera: stop recording after this many seconds "
+              "(default: until Ctrl-C/SIGTERM or the camera is given up).")
+@click.option("--max-reconnects", type=click.IntRange(min=-1), default=None,
+              help="A camera: failed reconnect attempts in a row before it is given up "
+                   "(what was recorded is still written); -1: never [default: -1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def annotate_command(input_path, output, json_path, cam_npz, backend, weights, detect_every,
-                     cam_every, no_cam, landmarks68, cam_opacity, align, detect_size,
-                     detect_upscale, config_path, summary_path, force, quiet):
+def annotate_command(input_path, output, json_path, cam_npz, overrides, config_path,
+                     summary_path, force, duration_s, max_reconnects, quiet):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -70,6 +52,12 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
     output, with the input's timestamps; audio is copied through.
 
     Example: gimefive annotate talk.mp4 -o talk_annotated.mp4 --json faces.jsonl
+
+    A camera (rtsp://...) is read as `gimefive monitor` reads it: timeouts, reconnects
+    through outages, the oldest frames dropped when behind. It is recorded until Ctrl-C
+    or SIGTERM, --duration, or until it is given up (--max-reconnects); each of these
+    ends the recording and the outputs are finalised and written (a camera given up
+    still exits non-zero). Cameras have no audio.
 
     INPUT may be @FILE, a file holding the URL (a camera password then stays out of
     `ps`); passwords are shown as *** in every line and file gimefive writes.
@@ -82,18 +70,38 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
     input_path = from_arg_file(input_path)  # @FILE: a camera URL kept out of `ps`
     if output is None and json_path is None:
         raise click.BadParameter("give -o OUTPUT.mp4 and/or --json FILE", param_hint="-o")
-    config = load_annotate_config(
-        config_path, backend=backend, weights=str(weights) if weights else None,
-        detect_every=detect_every, cam_every=cam_every, cam_opacity=cam_opacity,
-        cam=False if no_cam else None, landmarks68=landmarks68, align=align,
-        detect_max_side=detect_size, detect_upscale=detect_upscale)
+    from gimefive.pipeline.probe import is_live
+
+    if not is_live(input_path) and (duration_s or max_reconnects is not None):
+        raise click.BadParameter("only for a camera (rtsp://...); a file is read to its end",
+                                 param_hint="--duration" if duration_s else "--max-reconnects")
+    config = load_annotate_config(config_path, **overrides)
+    camera = {"max_reconnects": max_reconnects} if max_reconnects is not None else None
     result = annotate_video(input_path, output, json_path=json_path, cam_npz=cam_npz,
                             config=config, progress=not quiet, summary_path=summary_path,
-                            force=force)
+                            force=force, duration_s=duration_s or 0.0, camera=camera)
     if not quiet:
         click.echo(format_summary(result), err=True)
         written = ", ".join(str(p) for p in (output, json_path, cam_npz) if p)
         click.echo(f"wrote {written}", err=True)
+
+
+def _live_options(ctx, param, value):
+    """``--live-json``: a JSON object of camera options, checked here (one line)."""
+    if value is None:
+        return None
+    from gimefive.pipeline.live_source import LiveOptions
+
+    from gimefive.errors import GimefiveError
+
+    try:
+        options = json.loads(value)
+        if not isinstance(options, dict):
+            raise ValueError("not a JSON object")
+        LiveOptions(**options)
+    except (ValueError, TypeError, GimefiveError) as exc:
+        raise click.BadParameter(f"expected camera options as a JSON object: {exc}") from None
+    return options
 
 
 @click.command("stage", context_settings={"show_default": True})
@@ -109,26 +117,59 @@ def annotate_command(input_path, output, json_path, cam_npz, backend, weights, d
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help=f"YAML config [default: {DEFAULT_CONFIG.name}].")
 @click.option("--config-json", default=None, hidden=True)
-@click.option("--backend", default=None, help="classify: engine [config default: auto].")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="classify: GiMeFive weights [default: shipped].")
+@config_options(AnnotateConfig, "backend", "weights")
+@click.option("--hwm", type=click.IntRange(min=1), default=HWM,
+              help="Messages queued per hop (per side); the monitor uses 1 (low latency).")
+@click.option("--ends", type=click.IntRange(min=0), default=1,
+              help="End-of-stream messages that end this stage: the job's number of "
+                   "streams; 0: a live run, until stopped.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="annotate: also write JSON lines here.")
 @click.option("--cam-npz", type=click.Path(path_type=Path), default=None,
               help="annotate: also save Grad-CAM arrays here.")
 @click.option("--audio-from", default=None,
               help="annotate: copy audio from this input (@FILE: read it from FILE).")
-@click.option("--stream", default="0", help="source: stream id carried by its frames.")
+@click.option("--stream", default=None,
+              help="source: stream id carried by its frames [default: 0]; when given the "
+                   "stage reports to --control as source-ID.")
+@click.option("--reader", type=click.Choice(["auto", *READERS]), default="auto",
+              help="source: how to read --in: auto (a URL: rtsp, a path: file); file; rtsp "
+                   "(a camera: timeouts, reconnects, drops the oldest frames when behind); "
+                   "loop (a file played as a camera, at its frame rate, looping).")
+@click.option("--live-json", "live", default=None, callback=_live_options,
+              metavar="JSON", help="source: camera options as JSON, e.g. "
+              "'{\"transport\": \"udp\", \"max_reconnects\": 5}' (fields of "
+              "gimefive.pipeline.live_source.LiveOptions).")
+@click.option("--index-from", type=click.IntRange(min=0), default=0, hidden=True,
+              help="source: number of its first frame (a restarted camera continues).")
+@click.option("--live", "live_out", is_flag=True,
+              help="annotate: live outputs, until stopped: --out FILE.mp4 as fragmented-MP4 "
+                   "segments (listed in FILE.ffconcat) or an rtsp:// URL to push to; "
+                   "--json appended. --out - : no video.")
+@click.option("--streams", default="", help="annotate --live: the run's stream ids, comma "
+              "separated (several: one video output per stream).")
+@click.option("--segment-s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              help="annotate --live: length of each segment in seconds.")
+@click.option("--keep-age-s", type=click.FloatRange(min=0), default=0.0,
+              help="annotate --live: delete finished segments older than this (0: keep).")
+@click.option("--keep-bytes", type=click.IntRange(min=0), default=0,
+              help="annotate --live: per stream, delete the oldest finished segments "
+                   "beyond this total (0: keep).")
+@click.option("--push-transport", type=click.Choice(["udp", "tcp"]), default="udp",
+              help="annotate --live: RTSP transport of an rtsp:// --out.")
 @click.option("--control", default=None, help="Supervisor endpoint for status reports.")
 @click.option("--gate", default=None, hidden=True,
               help="source: wait for one message on this endpoint before decoding.")
 @click.option("--curve-keys", type=click.Path(path_type=Path), default=None,
-              help="Directory with CurveZMQ keys (server.key_secret to bind, server.key "
-                   "to connect) for tcp:// across hosts.")
+              help="Folder of CurveZMQ keys for tcp:// across hosts (`gimefive keys`): to "
+                   "bind, server.key_secret and clients/*.key (the only clients let in); "
+                   "to connect, server.key and this host's client.key_secret.")
 @click.option("--insecure", is_flag=True,
-              help="Allow binding a non-loopback tcp:// address without CurveZMQ.")
-def stage_command(name, in_, out, config_path, config_json, backend, weights, json_path,
-                  cam_npz, audio_from, stream, control, gate, curve_keys, insecure):
+              help="Allow binding or connecting a non-loopback address without CurveZMQ.")
+def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends, json_path,
+                  cam_npz, audio_from, stream, reader, live, index_from, live_out, streams,
+                  segment_s, keep_age_s, keep_bytes, push_transport, control, gate,
+                  curve_keys, insecure):
     """Run one pipeline stage alone, e.g. on another host.
 
     Stages bind their input and connect their output. A two-host example:
@@ -138,10 +179,14 @@ def stage_command(name, in_, out, config_path, config_json, backend, weights, js
                 --curve-keys keys/
       host A: gimefive stage detect --in ipc:///tmp/g/detect.sock --out tcp://B:5601 \\
                 --curve-keys keys/
+
+    A camera works the same way (`source --in rtsp://...`): it reconnects through
+    outages and drops its oldest frames when the pipeline is behind; Ctrl-C or SIGTERM
+    ends its stream, and every stage after it then finishes its outputs and exits.
     """
     from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
     from gimefive.pipeline.run import run_stage
-    from gimefive.pipeline.wire import CurveKeys
+    from gimefive.pipeline.transport import CurveKeys
 
     from gimefive.config import from_dict
     from gimefive.urls import from_arg_file
@@ -149,12 +194,40 @@ def stage_command(name, in_, out, config_path, config_json, backend, weights, js
     # @FILE: the value is in that file (how `annotate`/`monitor` hand a URL to a stage,
     # so that a password in it never shows in `ps`)
     in_, out, audio_from = (from_arg_file(v) for v in (in_, out, audio_from))
-    overrides = {"backend": backend, "weights": str(weights) if weights else None}
     if config_json:
-        data = json.loads(config_json) | {k: v for k, v in overrides.items() if v is not None}
+        data = json.loads(config_json) | overrides
         config = from_dict(AnnotateConfig, data, source="--config-json")
     else:
         config = load_annotate_config(config_path, **overrides)
     curve = CurveKeys.from_directory(curve_keys) if curve_keys else None
+    job = {"json": json_path, "cam_npz": cam_npz, "audio_from": audio_from, "gate": gate}
+    if name == "source":
+        job |= {"stream": stream, "reader": reader, "live": live, "index_from": index_from}
+    if name == "annotate" and live_out:
+        job |= {"live": True, "streams": [s for s in streams.split(",") if s],
+                "segment_s": segment_s, "keep_age_s": keep_age_s, "keep_bytes": keep_bytes,
+                "push_transport": push_transport}
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # a camera's outages
+                        format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("libav").setLevel(logging.ERROR)
     run_stage(name, in_, out, config, control=control, curve=curve, insecure=insecure,
-              json=json_path, cam_npz=cam_npz, audio_from=audio_from, stream=stream, gate=gate)
+              hwm=hwm, ends=ends, **job)
+
+
+@click.command("keys")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--client", is_flag=True,
+              help="Write this host's client pair (client.key*) instead of the server's.")
+def keys_command(directory: Path, client: bool) -> None:
+    """Write a CurveZMQ key pair for `gimefive stage --curve-keys` (secret file mode 0600).
+
+    \b
+    binding host:     gimefive keys keys/            (server.key, server.key_secret, clients/)
+    connecting host:  gimefive keys keys/ --client   (client.key, client.key_secret)
+    then copy the server's server.key to the connecting host's folder, and the client's
+    client.key into the binding host's clients/ (any NAME.key): only those clients get in.
+    """
+    from gimefive.pipeline.transport import make_keys
+
+    public, secret = make_keys(directory, "client" if client else "server")
+    click.echo(f"wrote {public} and {secret}")

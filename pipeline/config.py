@@ -1,17 +1,25 @@
-"""The pipeline's typed configuration; defaults live in ``configs/annotate.yaml``."""
+"""The pipeline's typed configuration: every setting of ``annotate``/``monitor``'s stages.
+
+Each field is a :func:`~gimefive.config.setting`: its help, range and choices live here
+once; ``configs/annotate.yaml`` is generated from it and the CLI flags are derived from it.
+How many streams a run has and how deep a hop's queue is are facts of the run, not
+settings: the job passes them to each stage (see ``StageRunner``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from gimefive.config import load_config, shipped_config
-from gimefive.errors import GimefiveError
+from gimefive.backends.base import BACKEND_MODULES
+from gimefive.config import check_settings, load_config, setting, shipped_config
 
 DEFAULT_CONFIG = shipped_config("annotate.yaml")
 #: default largest frame (width x height) a run accepts: 8K UHD, 7680 x 4320 = 33.2 Mpx.
-#: One BGR frame of this size is 99.5 MB; wire.py sizes ZMQ_MAXMSGSIZE from it.
+#: One BGR frame of this size is 99.5 MB; ZMQ_MAXMSGSIZE (transport.py) is sized from
+#: the ceiling above it, messages.MAX_PIXELS.
 MAX_PIXELS = 7680 * 4320
+POSITIVE = {"min": 1}
 
 
 @dataclass
@@ -19,78 +27,83 @@ class AnnotateConfig:
     """Everything the stages need besides the input and output paths."""
 
     # input
-    max_pixels: int = MAX_PIXELS        # larger frames are refused (every queued copy costs)
+    max_pixels: int = setting(MAX_PIXELS, help="Largest frame accepted, width x height "
+                              "(default 8K, 7680x4320); larger inputs are refused: every "
+                              "queued copy of a frame costs memory.", **POSITIVE)
     # classifier
-    backend: str = "auto"
-    weights: str | None = None          # None: the shipped weights
-    cam: bool = True
-    cam_every: int = 1                  # Grad-CAM on every Nth frame (probabilities always)
-    cam_layer: str = "conv5"
-    classify_max_batch: int = 32        # faces per engine call
-    classify_max_wait_ms: float = 20.0  # how long a face may wait for a fuller batch
-    classify_workers: int = 2           # parallel engine calls (threads, one core each)
-    align: str = "eyes"                 # eyes | landmarks | none (see crops.py)
-    crop_scale: float = 1.0             # square crop side / detected box's longer side
-    crop_shift_y: float = 0.0           # crop centre moved down by this fraction of its side
-    uncertain_threshold: float | None = None  # None: from the weights' metadata (0.4)
+    backend: str = setting("auto", help="Classifier engine: auto (the fastest available), "
+                           f"{', '.join(BACKEND_MODULES)} or another registered one.")
+    weights: str | None = setting(None, path=True, help="GiMeFive weights (.safetensors or "
+                                  "the paper's .pth); not given (null): the shipped ones.")
+    cam: bool = setting(True, help="Compute Grad-CAM maps; off (--no-cam): probabilities "
+                   "only, faster.")
+    cam_every: int = setting(1, help="Grad-CAM on every Nth frame; probabilities on all.",
+                             **POSITIVE)
+    cam_layer: str = setting("conv5", choices=("conv5", "conv4"),
+                             help="Grad-CAM layer: conv5 (4x4, the paper's) or conv4 (8x8).")
+    classify_max_batch: int = setting(32, help="Faces per engine call.", **POSITIVE)
+    classify_max_wait_ms: float = setting(20.0, min=0, help="How long a face may wait for a "
+                                          "fuller batch, ms.")
+    classify_workers: int = setting(2, help="Engine calls in parallel threads, one core each: "
+                                    "classify uses a core that waits otherwise.", **POSITIVE)
+    align: str = setting("eyes", choices=("eyes", "landmarks", "none"),
+                         help="Crop framing: eyes, the box squared and turned so the eyes are "
+                              "level; landmarks, a fit of the training crops' 5-point "
+                              "template; none, the plain box.")
+    crop_scale: float = setting(1.0, min=0.5, min_open=True, help="Square crop side / the "
+                                "detected box's longer side.")
+    crop_shift_y: float = setting(0.0, min=-0.5, max=0.5, help="Crop centre moved down by "
+                                  "this fraction of its side.")
+    uncertain_threshold: float | None = setting(
+        None, min=0, max=1, help="A face is uncertain below this top probability; null: the "
+        "weights' metadata (else gimefive.labels.UNCERTAIN_THRESHOLD).")
     # detector
-    detect_max_side: int = 640
-    detect_upscale: bool = False        # also enlarge smaller frames to detect_max_side
-    detect_score: float = 0.6
-    detect_nms: float = 0.4
-    detect_every: int = 1               # run the detector on every Nth frame, track between
-    detect_batch: int = 4               # frames per detector call
-    detect_max_wait_ms: float = 20.0
-    min_face: float = 8.0               # smaller boxes (px, full frame) are ignored
+    detect_max_side: int = setting(640, min=32, flag="--detect-size",
+                                   help="Long side frames are shrunk to for detection; "
+                                        "larger finds smaller faces, slower.")
+    detect_upscale: bool = setting(False, help="Also enlarge smaller frames to the detect "
+                                   "size: finds faces under about 30 px (wide shots), at "
+                                   "several times the detector's cost.")
+    detect_score: float = setting(0.6, min=0, max=1, help="Detector confidence a face needs.")
+    detect_nms: float = setting(0.4, min=0, max=1, help="Overlap (IoU) above which the "
+                                "weaker of two detections is dropped.")
+    detect_every: int = setting(1, help="Detect faces on every Nth frame, track them in "
+                                "between.", **POSITIVE)
+    detect_batch: int = setting(4, help="Frames per detector call.", **POSITIVE)
+    detect_max_wait_ms: float = setting(20.0, min=0, help="How long a frame may wait for a "
+                                        "fuller detector batch, ms.")
+    min_face: float = setting(8.0, min=0, help="Smaller boxes (px, full frame) are ignored.")
     # tracker
-    track_iou: float = 0.3
-    track_max_age: int = 15             # frames a track survives without a match
-    smoothing: str = "ema"              # ema | window
-    smoothing_alpha: float = 0.35       # EMA weight of the newest frame
-    smoothing_window: int = 8
-    label_hysteresis: float = 0.1       # a new label must lead the shown one by this much
+    track_iou: float = setting(0.3, min=0, max=1, help="Overlap (IoU) that continues a track.")
+    track_max_age: int = setting(15, min=0, help="Frames a track survives without a match.")
+    smoothing: str = setting("ema", choices=("ema", "window"),
+                             help="How a track's probabilities are smoothed over frames.")
+    smoothing_alpha: float = setting(0.35, min=0, max=1, min_open=True,
+                                     help="EMA weight of the newest frame.")
+    smoothing_window: int = setting(8, help="Frames averaged by window smoothing.", **POSITIVE)
+    label_hysteresis: float = setting(0.1, min=0, max=1, help="A new label must lead the "
+                                      "shown one by this much.")
     # drawing
-    draw_cam: bool = True
-    cam_opacity: float = 0.45
-    draw_bars: bool = True
-    draw_landmarks: bool = True
-    landmarks68: bool = False           # dlib's 68 points too (extra: gimefive[landmarks68])
+    draw_cam: bool = setting(True, help="Draw the Grad-CAM overlay inside each box.")
+    cam_opacity: float = setting(0.45, min=0, max=1, help="Opacity of the Grad-CAM overlay "
+                                 "inside each box.")
+    draw_bars: bool = setting(True, help="Draw each face's probability bars.")
+    draw_landmarks: bool = setting(True, help="Draw the detector's 5 landmarks.")
+    landmarks68: bool = setting(False, help="Also draw and write dlib's 68 landmarks (extra: "
+                                "gimefive[landmarks68]).")
     # encoding
-    codec: str = "libx264"              # falls back to mpeg4 when absent
-    crf: int = 20
-    preset: str = "veryfast"
-    encoder_threads: int = 1
-    audio: bool = True
+    codec: str = setting("libx264", help="Video encoder; falls back to mpeg4 when absent.")
+    crf: int = setting(20, min=0, max=51, help="Encoder quality (lower: better, larger).")
+    preset: str = setting("veryfast", help="Encoder speed preset.")
+    encoder_threads: int = setting(1, help="Encoder threads.", **POSITIVE)
+    audio: bool = setting(True, help="Copy the input's audio to the output.")
     # process layout
-    decode_threads: int = 1
-    detect_threads: int = 1
-    classify_threads: int = 1
-    hwm: int = 4                        # messages queued per hop (per side)
-    streams: int = 1                    # end-of-stream messages a stage waits for
+    decode_threads: int = setting(1, help="Decoder threads.", **POSITIVE)
+    detect_threads: int = setting(1, help="Detector threads.", **POSITIVE)
+    classify_threads: int = setting(1, help="Threads per classifier engine call.", **POSITIVE)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.max_pixels >= 1, "max_pixels", ">= 1"),
-            (self.cam_every >= 1, "cam_every", ">= 1"),
-            (self.detect_every >= 1, "detect_every", ">= 1"),
-            (self.detect_max_side >= 32, "detect_max_side", ">= 32"),
-            (self.classify_max_batch >= 1, "classify_max_batch", ">= 1"),
-            (self.classify_workers >= 1, "classify_workers", ">= 1"),
-            (self.detect_batch >= 1, "detect_batch", ">= 1"),
-            (0.0 <= self.cam_opacity <= 1.0, "cam_opacity", "in 0..1"),
-            (0.0 < self.smoothing_alpha <= 1.0, "smoothing_alpha", "in (0, 1]"),
-            (self.smoothing in ("ema", "window"), "smoothing", "ema or window"),
-            (self.cam_layer in ("conv5", "conv4"), "cam_layer", "conv5 or conv4"),
-            (self.align in ("landmarks", "eyes", "none"), "align", "landmarks, eyes or none"),
-            (self.crop_scale > 0.5, "crop_scale", "> 0.5"),
-            (-0.5 <= self.crop_shift_y <= 0.5, "crop_shift_y", "in [-0.5, 0.5]"),
-            (self.hwm >= 1, "hwm", ">= 1"),
-            (self.streams >= 0, "streams", ">= 0 (0: run until stopped)"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise GimefiveError(f"config key {key!r}: expected {expected}, "
-                                    f"got {getattr(self, key)!r}")
+        check_settings(self)
 
 
 def load_annotate_config(path: str | Path | None = None, **overrides) -> AnnotateConfig:

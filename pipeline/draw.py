@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from gimefive.pipeline.crops import crop_matrix
-from gimefive.pipeline.wire import TrackedMsg
+from gimefive.pipeline.messages import TrackedMsg
 
 from gimefive.labels import EMOTIONS, UNCERTAIN
 

@@ -6,8 +6,10 @@ Process layout (one host, ``ipc://`` sockets in a private 0700 directory)::
     source-cam1 ---+--> detect --> classify --> track --> annotate (live sinks)
     ...         --/
 
-One :class:`~gimefive.pipeline.live_stages.LiveSourceStage` per camera fans in to the
-pipeline's own detect stage, so faces from all cameras share the classifier's batches.
+Every stage is a ``gimefive stage NAME`` process: one source stage per camera (an RTSP
+reader behind a drop-oldest queue, :mod:`gimefive.pipeline.stages.source`) fans in to
+the detect stage, so faces from all cameras share the classifier's batches, and the
+annotate stage writes the live outputs (``--live``).
 Live mode differs from ``annotate`` in three ways: each source drops its oldest frames
 rather than fall behind real time (counted), stages run until stopped, and a stage that
 crashes is restarted by the supervisor within a budget (``restart_budget`` restarts per
@@ -29,80 +31,83 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
 from gimefive.pipeline.live_source import LiveOptions
-from gimefive.pipeline.live_stages import RESTART_INDEX_GAP
+from gimefive.pipeline.messages import check_stream_id
 from gimefive.pipeline.probe import check_output, is_live, probe_input
-from gimefive.pipeline.supervisor import EXIT_NO_RESTART, StageProcess, Supervisor
-from gimefive.pipeline.wire import ipc_endpoint, private_ipc_dir
+from gimefive.pipeline.stage import LIVE_HWM
+from gimefive.pipeline.stages.source import RESTART_INDEX_GAP
+from gimefive.pipeline.supervisor import RestartPolicy, StageProcess, Supervisor
+from gimefive.pipeline.transport import ipc_endpoint, private_ipc_dir
 
-from gimefive.config import load_config, shipped_config, to_dict
+from gimefive.config import check_settings, load_config, setting, shipped_config, to_dict
 from gimefive.errors import GimefiveError, StageError
+from gimefive.memory import rss_mb
 from gimefive.urls import from_arg_file, redact_url, url_arg
 
 log = logging.getLogger("gimefive.monitor")
 DEFAULT_MONITOR_CONFIG = shipped_config("monitor.yaml")
-LIVE_MODULE = "gimefive.pipeline.live_stage_main"
-PIPELINE_MODULE = "gimefive.pipeline.stage_main"
 MIDDLE_STAGES = ("detect", "classify", "track")
 STATUS_KEPT = 100     # status records kept in memory (the status file has them all)
 OUTAGES_KEPT = 1000   # ended outages kept for the final record (plus their totals)
 
 
 @dataclass
-class MonitorConfig:
-    """Live-mode settings; the stages' own settings come from the annotate config."""
+class MonitorConfig(LiveOptions):
+    """Live-mode settings: the camera options (inherited, one definition) and the run's
+    outputs, status and restart policy; the stages' own settings come from the annotate
+    config."""
 
-    sources: list[str] = field(default_factory=list)  # "URL" or "ID=URL"
-    out: str | None = None            # FILE.mp4 (segments) or rtsp://HOST:PORT/PATH
-    json: str | None = None           # JSON lines, one per frame, all streams
-    status_json: str | None = None    # status records (default: beside --json)
-    transport: str = "tcp"            # RTSP input transport: tcp | udp
-    open_timeout_s: float = 5.0
-    stall_timeout_s: float = 5.0      # no frame for this long: reconnect
-    backoff_max_s: float = 1.0        # cap of the reconnect backoff
-    max_reconnects: int = -1          # failed attempts in a row before a camera ends; -1: never
-    queue_size: int = 2               # frames between decode and send (drop oldest)
-    status_every_s: float = 10.0
-    segment_s: float = 10.0           # length of each MP4 segment of --out FILE
-    push_transport: str = "udp"       # transport for --out rtsp://
-    restart_budget: int = 5           # restarts per stage within restart_window_s
-    restart_window_s: float = 600.0
-    restart_backoff_s: float = 0.5    # wait before a restart, doubling each time ...
-    restart_backoff_max_s: float = 30.0  # ... up to this
-    keep_age_s: float = 0.0           # delete finished segments older than this (0: keep)
-    keep_bytes: int = 0               # ... or beyond this total size per camera (0: keep)
-    hwm: int = 1                      # messages queued per hop: small keeps latency low
-    duration_s: float = 0.0           # stop after this long (0: until stopped)
-    annotate_config: str | None = None  # YAML for the stages (default configs/annotate.yaml)
+    sources: list[str] = setting(factory=list, help='Cameras: "rtsp://..." or '
+                                 '"ID=rtsp://..."; a video file plays at real time, looping.')
+    out: str | None = setting(None, flag="-o --out", help="Annotated video: FILE.mp4 writes "
+                              "FILE_00000.mp4, ... segments (fragmented MP4, listed in "
+                              "FILE.ffconcat); rtsp://... pushes to a server. Several "
+                              "cameras: FILE-ID.mp4 / rtsp://.../PATH-ID.")
+    json: str | None = setting(None, path=True, help="JSON lines, one per frame, all cameras "
+                               "(appended); status records go to NAME.status.jsonl beside it.")
+    status_json: str | None = setting(None, path=True, help="Where to append the status "
+                                      "records instead.")
+    status_every_s: float = setting(10.0, min=0, min_open=True, flag="--status-every",
+                                    help="Seconds between status lines (stderr) and "
+                                         "status records (JSON).")
+    segment_s: float = setting(10.0, min=0, min_open=True, flag="--segment",
+                               help="Length of each output segment in seconds: a crash "
+                                    "loses at most about 1 s of it.")
+    push_transport: str = setting("udp", choices=("tcp", "udp"),
+                                  help="Transport for --out rtsp:// (publishing).")
+    restart_budget: int = setting(5, min=0, help="A crashed stage is restarted at most this "
+                                  "often within restart_window_s; then the run fails (a "
+                                  "camera's source stage: only that camera ends).")
+    restart_window_s: float = setting(600.0, min=0, min_open=True,
+                                      help="The window of restart_budget, seconds.")
+    restart_backoff_s: float = setting(0.5, min=0, help="Wait before restarting a crashed "
+                                       "stage, doubling with each restart in the window.")
+    restart_backoff_max_s: float = setting(30.0, min=0, help="Longest wait before a restart "
+                                           "(a full disk is never restarted: the run ends).")
+    keep_age_s: float = setting(0.0, min=0, flag="--keep-age", help="Delete finished "
+                                "segments older than this many seconds and drop them from "
+                                "the .ffconcat list (flag: 90s, 30m, 24h, 7d); 0: keep all.")
+    keep_bytes: int = setting(0, min=0, flag="--keep-size", help="Per camera, delete the "
+                              "oldest finished segments beyond this total size (flag: 500M, "
+                              "10G, 1T); 0: keep all.")
+    duration_s: float = setting(0.0, min=0, flag="--duration", help="Stop after this many "
+                                "seconds; 0: run until Ctrl-C/SIGTERM.")
+    annotate_config: str | None = setting(None, path=True, flag="--stage-config",
+                                          help="YAML for the stages (backend, detector, "
+                                               "tracker, drawing, encoder); null: "
+                                               "configs/annotate.yaml.")
 
     def __post_init__(self) -> None:
-        checks = [(self.status_every_s > 0, "status_every_s", "> 0"),
-                  (self.segment_s > 0, "segment_s", "> 0"),
-                  (self.restart_budget >= 0, "restart_budget", ">= 0"),
-                  (self.restart_backoff_s >= 0, "restart_backoff_s", ">= 0"),
-                  (self.restart_backoff_max_s >= 0, "restart_backoff_max_s", ">= 0"),
-                  (self.keep_age_s >= 0, "keep_age_s", ">= 0 (0: keep all)"),
-                  (self.keep_bytes >= 0, "keep_bytes", ">= 0 (0: keep all)"),
-                  (self.hwm >= 1, "hwm", ">= 1"), (self.duration_s >= 0, "duration_s", ">= 0"),
-                  (self.max_reconnects >= -1, "max_reconnects", ">= -1 (-1: never give up)"),
-                  (self.transport in ("tcp", "udp"), "transport", "tcp or udp"),
-                  (self.push_transport in ("tcp", "udp"), "push_transport", "tcp or udp")]
-        for ok, key, expected in checks:
-            if not ok:
-                raise GimefiveError(f"monitor config {key!r}: expected {expected}, "
-                                    f"got {getattr(self, key)!r}")
+        check_settings(self, "monitor config")
 
     def live_options(self) -> dict[str, Any]:
-        return dataclasses.asdict(LiveOptions(
-            transport=self.transport, open_timeout_s=self.open_timeout_s,
-            stall_timeout_s=self.stall_timeout_s, backoff_max_s=self.backoff_max_s,
-            max_reconnects=None if self.max_reconnects < 0 else self.max_reconnects,
-            queue_size=self.queue_size))
+        """The camera options alone: what each camera's source stage is given."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LiveOptions)}
 
 
 def load_monitor_config(path: str | Path | None = None, **overrides) -> MonitorConfig:
@@ -118,8 +123,7 @@ def parse_sources(specs: list[str]) -> dict[str, str]:
         name, sep, url = spec.partition("=")
         if not sep or "://" in name or "/" in name:
             name, url = f"cam{i}", spec
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise GimefiveError(f"source id {name!r}: use letters, digits, - and _")
+        check_stream_id(name, "source id")  # it names the camera's output files
         if name in sources:
             raise GimefiveError(f"source id {name!r} given twice")
         sources[name] = from_arg_file(url)  # [ID=]@FILE: the URL kept out of `ps`
@@ -146,56 +150,6 @@ def check_monitor_inputs(sources: dict[str, str], cfg: MonitorConfig) -> dict[st
     return infos
 
 
-class LiveSupervisor(Supervisor):
-    """The pipeline's supervisor, starting live stages from their own module, and
-    stopping in order: cameras first, then (once the frames in flight are written, or
-    after ``drain_s``) the rest, so that the final counts add up."""
-
-    drained = staticmethod(lambda: True)
-    drain_s = 10.0
-
-    def stop(self) -> None:
-        sources = [s for s in self.stages.values() if s.name.startswith("source-")]
-        self._terminate(sources)
-        deadline = time.monotonic() + self.drain_s
-        while time.monotonic() < deadline:
-            self._drain_control(100)
-            if self.drained():
-                break
-        self._terminate(list(self.stages.values()))
-        self._drain_control(200)  # the stages' final reports
-        self.control.close(linger=0)
-        self.ctx.term()
-
-    def _terminate(self, stages: list[StageProcess]) -> None:
-        alive = [s.proc for s in stages if s.proc and s.proc.poll() is None]
-        for proc in alive:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        for proc in alive:
-            while proc.poll() is None and time.monotonic() < deadline:
-                self._drain_control(50)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-    def command(self, stage: StageProcess) -> list[str]:
-        """Started by :meth:`Supervisor.spawn`, so stages die with a killed monitor too."""
-        module = LIVE_MODULE if stage.name.startswith("source-") or stage.name == "annotate" \
-            else PIPELINE_MODULE
-        return [sys.executable, "-m", module, *stage.args, "--control", self.control_endpoint]
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
 class _StopRequested(Exception):
     pass
 
@@ -208,14 +162,10 @@ class Monitor:
                  log_dir: str | Path | None = None) -> None:
         self.sources, self.cfg, self.quiet = sources, cfg, quiet
         self.stage_config = stage_config or load_annotate_config(cfg.annotate_config)
-        self.stage_config.streams = 0       # run until stopped
-        self.stage_config.hwm = cfg.hwm
         self.source_live: dict[str, dict] = {}
         self.sink_live: dict[str, dict] = {}
         self.index_from = {name: 0 for name in sources}
-        self.restarts: dict[str, deque] = {}
-        self.ended: dict[str, str] = {}
-        self.budget_spent = self.no_restart = ""  # why the run ended, if so
+        self.ended: dict[str, str] = {}  # camera source stage -> the line it ended with
         self.started = time.monotonic()
         self.last_status: tuple[float, dict[str, tuple[int, int]]] | None = None
         # bounded histories (the run may last weeks): the recent status records and
@@ -238,20 +188,31 @@ class Monitor:
             sid = name.removeprefix("source-")
             # URLs go as @FILE in the private folder: argv is readable by every local user
             source = url_arg(self.directory, f"source-{sid}.url", self.sources[sid])
-            return ["source", "--in", source, "--out", endpoints["detect"],
+        live = ["--config-json", config_json, "--hwm", str(LIVE_HWM), "--ends", "0"]
+        if name.startswith("source-"):
+            sid = name.removeprefix("source-")
+            # URLs go as @FILE in the private folder: argv is readable by every local user
+            source = url_arg(self.directory, f"source-{sid}.url", self.sources[sid])
+            # a video file given as a camera plays as one (paced, looping)
+            reader = "auto" if is_live(self.sources[sid]) else "loop"
+            return ["--in", source, "--out", endpoints["detect"], "--reader", reader,
                     "--stream", sid, "--live-json", json.dumps(self.cfg.live_options()),
-                    "--index-from", str(self.index_from[sid]), "--config-json", config_json]
+                    "--index-from", str(self.index_from[sid]), *live]
         if name == "annotate":
             out = url_arg(self.directory, "output.url", self.cfg.out) if self.cfg.out else "-"
-            args = ["annotate", "--in", endpoints["annotate"], "--out", out,
+            args = ["--live", "--in", endpoints["annotate"], "--out", out,
                     "--streams", ",".join(self.sources), "--segment-s", str(self.cfg.segment_s),
                     "--keep-age-s", str(self.cfg.keep_age_s),
                     "--keep-bytes", str(self.cfg.keep_bytes),
-                    "--push-transport", self.cfg.push_transport, "--config-json", config_json]
+                    "--push-transport", self.cfg.push_transport, *live]
             return args + (["--json", self.cfg.json] if self.cfg.json else [])
         following = {"detect": "classify", "classify": "track", "track": "annotate"}[name]
-        return [name, "--in", endpoints[name], "--out", endpoints[following],
-                "--config-json", config_json]
+        return ["--in", endpoints[name], "--out", endpoints[following], *live]
+
+    def _process(self, name: str) -> StageProcess:
+        """Every stage, cameras and the live sink included, runs as `gimefive stage`."""
+        return StageProcess(name, self._args(name, self.endpoints), threads=self._threads(name),
+                            kind="source" if name.startswith("source-") else name)
 
     def _threads(self, name: str) -> int:
         c = self.stage_config
@@ -259,6 +220,10 @@ class Monitor:
 
     # -- events from the stages
     def on_event(self, stage: StageProcess, event: str, data: dict) -> None:
+        if event == "restart":
+            self._restarting(stage)
+        elif event == "ended":
+            self._camera_ended(stage, data["why"], data["gave_up"])
         if event != "live":
             return
         if stage.name.startswith("source-"):
@@ -294,51 +259,27 @@ class Monitor:
                 self.outage_s_total += float(outage["duration_s"])
             self.outages_seen[key] = state
 
-    def on_exit(self, stage: StageProcess, rc: int) -> bool:
-        """Restart a crashed stage within the budget; True when handled."""
-        name = stage.name
-        if name.startswith("source-") and (name in self.ended or "gave up" in stage.error):
-            if name not in self.ended:
-                self.ended[name] = stage.error
-                log.error("%s", stage.error)  # "camera ID gave up after N ...": one line
-            return len(self.ended) < len(self.sources)  # the run fails when none is left
-        window = self.restarts.setdefault(name, deque())
-        now = time.monotonic()
-        while window and now - window[0] > self.cfg.restart_window_s:
-            window.popleft()
-        if rc == EXIT_NO_RESTART:  # e.g. disk full: a restart would fail the same way
-            self.no_restart = name
-            return False
-        reason = self.supervisor.failure(stage, rc)
-        if len(window) >= self.cfg.restart_budget:
-            if name.startswith("source-"):  # only this camera ends; the others go on
-                return self._end_camera(name, f"restart budget spent ({self._budget()}), "
-                                              f"last: {reason}")
-            self.budget_spent = name
-            return False
-        window.append(now)
-        delay = min(self.cfg.restart_backoff_max_s,
-                    self.cfg.restart_backoff_s * 2 ** (len(window) - 1))
-        log.warning("%s; restarting it in %.1f s (%d of %d within %.0f s)", reason, delay,
-                    len(window), self.cfg.restart_budget, self.cfg.restart_window_s)
-        if name.startswith("source-"):
-            sid = name.removeprefix("source-")
+    def _restarting(self, stage: StageProcess) -> None:
+        """A camera's source restarts: its frame numbers go on past what it sent."""
+        if stage.name.startswith("source-"):
+            sid = stage.name.removeprefix("source-")
             decoded = int(self.source_live.get(sid, {}).get("decoded", 0))
             self.index_from[sid] += decoded + RESTART_INDEX_GAP
             self.source_live.pop(sid, None)
-            stage.args = self._args(name, self.endpoints)
-        self.supervisor.restart(name, delay)
-        return True
+            stage.args = self._args(stage.name, self.endpoints)
 
-    def _end_camera(self, name: str, why: str) -> bool:
-        """Camera ``name`` ends for good (one line); True while another camera is left."""
-        line = f"camera {name.removeprefix('source-')} ended: {why}"
-        self.ended[name] = line
-        log.error("%s", line)
-        return len(self.ended) < len(self.sources)
+    def _camera_ended(self, stage: StageProcess, why: str, gave_up: bool) -> None:
+        """Camera ``stage`` ended for good while others go on: one line, said once."""
+        line = why if gave_up else f"camera {stage.name.removeprefix('source-')} ended: {why}"
+        self.ended[stage.name] = line
+        log.error("%s", line)  # e.g. "camera ID gave up after N reconnect attempt(s): ..."
 
-    def _budget(self) -> str:
-        return f"{self.cfg.restart_budget} restarts within {self.cfg.restart_window_s:g} s"
+    def policy(self) -> RestartPolicy:
+        cfg = self.cfg
+        return RestartPolicy(budget=cfg.restart_budget, window_s=cfg.restart_window_s,
+                             backoff_s=cfg.restart_backoff_s,
+                             backoff_max_s=cfg.restart_backoff_max_s,
+                             alone=frozenset(f"source-{sid}" for sid in self.sources))
 
     # -- status
     def status(self) -> dict[str, Any]:
@@ -397,7 +338,6 @@ class Monitor:
     # -- run
     def run(self) -> dict[str, Any]:
         """Run until stopped (SIGINT/SIGTERM or ``duration_s``); returns the last status."""
-        self.budget_spent = self.no_restart = ""
         self.last_tick = None
         status_path = self.cfg.status_json or (
             str(Path(self.cfg.json).with_suffix(".status.jsonl")) if self.cfg.json else None)
@@ -412,16 +352,15 @@ class Monitor:
                 self.endpoints = {n: ipc_endpoint(directory, n)
                                   for n in ("detect", "classify", "track", "annotate")}
                 names = [f"source-{s}" for s in self.sources] + [*MIDDLE_STAGES, "annotate"]
-                processes = [StageProcess(n, self._args(n, self.endpoints),
-                                          threads=self._threads(n)) for n in names]
+                processes = [self._process(n) for n in names]
                 logs = Path(self.log_dir) if self.log_dir else directory
                 logs.mkdir(parents=True, exist_ok=True)
-                self.supervisor = LiveSupervisor(processes, ipc_endpoint(directory, "control"),
-                                                 logs, on_event=self.on_event)
-                self.supervisor.drained = self._drained
+                self.supervisor = Supervisor(processes, ipc_endpoint(directory, "control"),
+                                             logs, on_event=self.on_event,
+                                             policy=self.policy(), drained=self._drained)
                 try:
                     self.supervisor.start_all()
-                    self.supervisor.run(on_exit=self.on_exit, tick=self.tick)
+                    self.supervisor.run(tick=self.tick)
                 except (_StopRequested, KeyboardInterrupt):
                     pass
                 except StageError as exc:
@@ -449,10 +388,6 @@ class Monitor:
                 or annotate is None or annotate.proc.poll() is not None)
 
     def _failure_line(self, message: str) -> str:
-        if self.no_restart:
-            return f"{message}; not restarted: restarting cannot fix this"
-        if self.budget_spent:
-            return f"{message} (restart budget spent: {self._budget()})"
         if self.ended and len(self.ended) == len(self.sources):
             return f"no camera left: {'; '.join(self.ended.values())}"
         return message

@@ -1,23 +1,24 @@
-"""Live video sources that survive outages: RTSP cameras (and files played at real time).
+"""Live inputs that survive outages: RTSP cameras, and video files played as cameras.
 
-Two layers:
-
-* :class:`LiveReader` is a blocking iterator of decoded frames that never ends on its own:
+* :class:`RtspReader` (kind ``rtsp``) reads a network stream and never ends on its own:
   when the stream closes, stalls (no frame for ``stall_timeout_s``) or fails, it logs the
   outage, reconnects with capped exponential backoff (forever unless ``max_reconnects``
   says otherwise) and carries on. Frame numbers and timestamps continue across
   reconnects: the index counts every decoded frame of the run, the timestamp is the
   run's monotonic clock (1/90000 s units), so JSON and segments stay ordered after an
   outage, and a gap in time shows the outage.
-* :class:`LiveSource` runs a reader on a decode thread and hands frames to the consumer
-  through a small bounded queue that drops its *oldest* frame when full: the consumer
-  always gets the newest frames and never falls behind real time; every dropped frame is
-  counted. (Files for ``annotate`` use the pipeline's lossless blocking queue instead.)
+* :class:`LoopReader` (kind ``loop``) plays a video file at its frame rate, looping: the
+  stand-in camera of tests and benchmarks.
+
+Both are :class:`~gimefive.pipeline.readers.InputReader` subclasses marked live, so the
+source stage (:mod:`gimefive.pipeline.stages.source`) puts them behind a drop-oldest
+queue: the pipeline always gets the newest frames, never falls behind real time, and
+every dropped frame is counted.
 
 Timeouts: PyAV's ``timeout=(open, read)`` interrupts a blocking open or read, which is
 how a silent (stalled) TCP connection is noticed; a stream that delivers packets but no
 decodable frames is caught by the frame watchdog. Waiting between attempts uses
-``Event.wait`` so that :meth:`LiveSource.stop` interrupts a backoff at once.
+``Event.wait`` on the reader's ``stop`` event, so a stop interrupts a backoff at once.
 """
 
 from __future__ import annotations
@@ -33,11 +34,18 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import numpy as np
-from gimefive.pipeline.probe import is_live, open_options
+from gimefive.pipeline.probe import open_options
+from gimefive.pipeline.readers import (
+    FileReader,
+    Frame,
+    InputReader,
+    check_local_input,
+    reason,
+)
 
+from gimefive.config import check_settings, setting
 from gimefive.errors import GimefiveError
-from gimefive.urls import redact_text, redact_url
+from gimefive.urls import redact_url
 
 log = logging.getLogger("gimefive.live")
 
@@ -51,33 +59,48 @@ class LiveSourceError(GimefiveError):
     """The source gave up (reconnect budget spent) or cannot be used at all."""
 
 
+class CameraGaveUp(LiveSourceError):
+    """The reconnect budget is spent: the camera is given up for good. Its source stage
+    exits with :data:`~gimefive.pipeline.supervisor.EXIT_GAVE_UP`, so a supervisor knows
+    it from the exit status, not from the wording of the line."""
+
+
 class StreamLost(Exception):
     """Internal: the current connection is gone (closed, stalled or failed)."""
 
 
+#: ``max_reconnects`` value meaning "never give up" (everywhere: YAML, flags, JSON)
+NEVER_GIVE_UP = -1
+
+
 @dataclass
 class LiveOptions:
-    """How a live source connects, notices trouble and comes back."""
+    """How a live source connects, notices trouble and comes back: the one camera-options
+    type (``MonitorConfig`` extends it; a camera's stage gets exactly these fields)."""
 
-    transport: str = "tcp"            # RTSP lower transport: tcp | udp
-    open_timeout_s: float = 5.0       # connect + handshake + first packets
-    stall_timeout_s: float = 5.0      # no frame for this long: the stream is stalled
-    backoff_initial_s: float = 0.25   # first wait after a failure
-    backoff_max_s: float = 1.0        # cap of the exponential backoff
-    max_reconnects: int | None = None  # failed attempts in a row before giving up; None: never
-    queue_size: int = 2               # frames buffered between decode and consumer
-    loop_files: bool = True           # a file source restarts at its end (test feeds)
+    transport: str = setting("tcp", choices=("tcp", "udp"), help="RTSP input transport.")
+    open_timeout_s: float = setting(5.0, min=0, min_open=True, help="Seconds to connect, "
+                                    "handshake and get the first packets.")
+    stall_timeout_s: float = setting(5.0, min=0, min_open=True, flag="--stall-timeout",
+                                     help="Seconds without a frame before a stream counts "
+                                          "as stalled and is reconnected.")
+    backoff_initial_s: float = setting(0.25, min=0, min_open=True, help="First wait after "
+                                       "a failed connection; it doubles with each failure.")
+    backoff_max_s: float = setting(1.0, min=0, min_open=True, help="Longest wait between "
+                                   "reconnect attempts.")
+    max_reconnects: int = setting(NEVER_GIVE_UP, min=NEVER_GIVE_UP, help="Failed reconnect "
+                                  "attempts in a row before a camera is given up; -1: never.")
+    queue_size: int = setting(2, min=1, help="Decoded frames waiting to be sent; when full "
+                              "the oldest is dropped (and counted).")
+    loop_files: bool = setting(True, help="A video file source restarts at its end "
+                               "(test feeds).")
 
     def __post_init__(self) -> None:
-        if self.transport not in ("tcp", "udp"):
-            raise GimefiveError(f"transport must be 'tcp' or 'udp', got {self.transport!r}")
-        for name in ("open_timeout_s", "stall_timeout_s", "backoff_initial_s", "backoff_max_s"):
-            if getattr(self, name) <= 0:
-                raise GimefiveError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.max_reconnects is not None and self.max_reconnects < 0:
-            raise GimefiveError(f"max_reconnects must be >= 0, got {self.max_reconnects}")
-        if self.queue_size < 1:
-            raise GimefiveError(f"queue_size must be >= 1, got {self.queue_size}")
+        check_settings(self, "camera option")
+
+    def gives_up_after(self, attempt: int) -> bool:
+        """True when failed attempt ``attempt`` (1, 2, ...) spends the reconnect budget."""
+        return self.max_reconnects != NEVER_GIVE_UP and attempt > self.max_reconnects
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt`` (1, 2, ...): doubling, capped, +-10%."""
@@ -101,18 +124,6 @@ class Outage:
 
 
 @dataclass
-class LiveFrame:
-    """One decoded live frame; ``index`` counts from 0 over the whole run."""
-
-    stream: str
-    index: int
-    pts: int                 # LIVE_TIME_BASE units since the source started
-    t_decoded: float         # time.time() at decode
-    image: np.ndarray        # BGR uint8 HxWx3
-    source_pts: int | None   # the camera's own timestamp (resets on reconnect)
-
-
-@dataclass
 class LiveCounters:
     """Totals of the run, and the most recent outages (at most ``OUTAGES_KEPT``: a camera
     that drops every few minutes for weeks must not grow the process); ``reconnects``
@@ -127,37 +138,39 @@ class LiveCounters:
         default_factory=lambda: collections.deque(maxlen=OUTAGES_KEPT))
 
 
-class LiveReader:
-    """Frames of one live input, reconnecting for as long as it is allowed to.
+class RtspReader(InputReader):
+    """Frames of a network stream, reconnecting for as long as it is allowed to.
 
-    Iterating yields :class:`LiveFrame` until ``stop`` is set or the reconnect budget is
+    :meth:`read` yields :class:`Frame` until ``stop`` is set or the reconnect budget is
     spent (then :class:`LiveSourceError`). Runs in the caller's thread.
     """
 
+    live = True
+
     def __init__(self, url: str, stream_id: str = "0", options: LiveOptions | None = None,
-                 stop: threading.Event | None = None) -> None:
-        self.url = str(url)
-        self.stream_id = stream_id
-        self.options = options or LiveOptions()
-        self.stop = stop or threading.Event()
+                 threads: int = 1, stop: threading.Event | None = None) -> None:
+        super().__init__(url, stream_id, options or LiveOptions(), threads, stop)
         self.counters = LiveCounters()
         self.time_base = LIVE_TIME_BASE
-        self.rate: Fraction | None = None
         self.size: tuple[int, int] | None = None
         self._clock0 = time.monotonic()
-        self._live = is_live(self.url)
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        return {"stream": self.stream_id, "url": redact_url(self.url),
+                "connected": c.connected, "decoded": c.decoded,
+                "decode_errors": c.decode_errors, "reconnects": c.reconnects,
+                "outages": [o.as_dict() for o in c.outages]}
 
     # -- connection
     def _open(self) -> av.container.InputContainer:
         o = self.options
         options = open_options(self.url, o.transport, o.open_timeout_s)
         options.pop("timeout", None)  # PyAV's interrupt timeouts below are the ones we want
-        if self._live:
-            # FFmpeg's RTSP reader often returns one more (empty) read after the first
-            # interrupt, so a silent stream surfaces after about two read timeouts
-            return av.open(self.url, options=options,
-                           timeout=(o.open_timeout_s, max(0.25, o.stall_timeout_s / 2)))
-        return av.open(self.url)
+        # FFmpeg's RTSP reader often returns one more (empty) read after the first
+        # interrupt, so a silent stream surfaces after about two read timeouts
+        return av.open(self.url, options=options,
+                       timeout=(o.open_timeout_s, max(0.25, o.stall_timeout_s / 2)))
 
     def _connect(self, outage: Outage | None) -> av.container.InputContainer:
         """Open the stream; after a loss, retry with backoff until it works or we give up."""
@@ -173,34 +186,33 @@ class LiveReader:
                     outage.attempts += 1
                 return container
             except (av.error.FFmpegError, StreamLost, OSError) as exc:
-                reason = _reason(exc)
+                why = reason(exc)
                 if outage is None:  # the very first connection failed
-                    outage = self._begin_outage(f"cannot connect: {reason}")
+                    outage = self._begin_outage(f"cannot connect: {why}")
                 outage.attempts += 1
-                limit = self.options.max_reconnects
-                if limit is not None and attempt > limit:
-                    raise self._gave_up(attempt - 1, reason) from None
+                if self.options.gives_up_after(attempt):
+                    raise self._gave_up(attempt - 1, why) from None
                 delay = self.options.backoff(attempt)
                 log.debug("stream %s: attempt %d failed (%s); next in %.2f s",
-                          self.stream_id, attempt, reason, delay)
+                          self.stream_id, attempt, why, delay)
                 self.stop.wait(delay)
         raise StreamLost("stopped")
 
-    def _gave_up(self, reconnects: int, reason: str) -> LiveSourceError:
+    def _gave_up(self, reconnects: int, why: str) -> CameraGaveUp:
         """The one line saying this camera is given up (the monitor prints it as is).
 
         No URL in it: the camera's id names it, and a URL may hold a password (the
-        reason is already redacted by :func:`_reason`).
+        reason is already redacted by :func:`reason`).
         """
-        return LiveSourceError(f"camera {self.stream_id} gave up after {reconnects} "
-                               f"reconnect attempt(s): {reason}")
+        return CameraGaveUp(f"camera {self.stream_id} gave up after {reconnects} "
+                            f"reconnect attempt(s): {why}")
 
-    def _begin_outage(self, reason: str, started: float | None = None,
+    def _begin_outage(self, why: str, started: float | None = None,
                       attempts: int = 0) -> Outage:
-        outage = Outage(self.stream_id, reason, started or time.time(), attempts=attempts)
+        outage = Outage(self.stream_id, why, started or time.time(), attempts=attempts)
         self.counters.outages.append(outage)
         self.counters.connected = False
-        log.warning("stream %s: lost (%s); reconnecting", self.stream_id, reason)
+        log.warning("stream %s: lost (%s); reconnecting", self.stream_id, why)
         return outage
 
     def _end_outage(self, outage: Outage) -> None:
@@ -210,7 +222,7 @@ class LiveReader:
                     self.stream_id, outage.duration_s, outage.attempts, outage.reason)
 
     # -- frames
-    def __iter__(self) -> Iterator[LiveFrame]:
+    def read(self) -> Iterator[Frame]:
         outage: Outage | None = None
         while not self.stop.is_set():
             try:
@@ -221,32 +233,26 @@ class LiveReader:
             try:
                 # the outage ends with the first decoded frame, not with the handshake
                 yield from self._frames(container, outage)
-                reason = "end of stream (server closed it)"
+                why = "end of stream (server closed it)"
             except StreamLost as exc:
-                reason = str(exc)
+                why = str(exc)
             finally:
                 container.close()
             if outage is not None and outage.duration_s is None:
                 self.counters.outages.remove(outage)  # connected, but never a frame:
-                reason = f"{outage.reason}; then {reason}"  # the same outage goes on
+                why = f"{outage.reason}; then {why}"  # the same outage goes on
             if self.stop.is_set():
                 return
-            if not self._live and not self.options.loop_files:
-                return
-            if not self._live:  # a looping file: start again at once, no outage
-                outage = None
-                continue
             attempts = outage.attempts if outage is not None and outage.duration_s is None else 0
             started = outage.started if outage is not None and outage.duration_s is None else None
-            outage = self._begin_outage(reason, started, attempts)
+            outage = self._begin_outage(why, started, attempts)
 
-    def _frames(self, container, outage: Outage | None) -> Iterator[LiveFrame]:
+    def _frames(self, container, outage: Outage | None) -> Iterator[Frame]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         if rate:
             self.rate = Fraction(rate)
-        pace = None if self._live else _Pacer(self.stop)
         stall = self.options.stall_timeout_s
         last_frame = time.monotonic()
         try:
@@ -262,8 +268,6 @@ class LiveReader:
                 if not frames and now - last_frame > stall:
                     raise StreamLost(f"stalled: packets but no frame for {now - last_frame:.1f} s")
                 for frame in frames:
-                    if pace is not None:
-                        pace.wait_until(frame.time)
                     last_frame = time.monotonic()
                     if outage is not None and outage.duration_s is None:
                         self._end_outage(outage)
@@ -272,14 +276,13 @@ class LiveReader:
             gap = time.monotonic() - last_frame
             raise StreamLost(f"stalled: no data for {gap:.1f} s") from None
         except av.error.FFmpegError as exc:
-            raise StreamLost(f"read failed: {_reason(exc)}") from None
+            raise StreamLost(f"read failed: {reason(exc)}") from None
 
-    def _make(self, frame: av.VideoFrame) -> LiveFrame:
+    def _make(self, frame: av.VideoFrame) -> Frame:
         image = frame.to_ndarray(format="bgr24")
         self.size = (image.shape[1], image.shape[0])
         pts = round((time.monotonic() - self._clock0) / self.time_base)
-        out = LiveFrame(self.stream_id, self.counters.decoded, pts, time.time(), image,
-                        frame.pts)
+        out = Frame(self.counters.decoded, pts, image, time.time())
         self.counters.decoded += 1
         return out
 
@@ -302,122 +305,40 @@ class _Pacer:
             self.stop.wait(due)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, av.error.FFmpegError):
-        return redact_text(exc.strerror or type(exc).__name__)
-    return redact_text(str(exc) or type(exc).__name__)
+class LoopReader(InputReader):
+    """A video file played as a camera: at its own frame rate, from the start again at
+    its end (unless ``options.loop_files`` is off). Numbers and timestamps continue like
+    a camera's (the run's clock), and a restart at the end is not an outage."""
 
+    live = True
 
-class DropOldestQueue:
-    """A bounded queue that, when full, discards its oldest item (and counts it)."""
+    def __init__(self, url: str, stream_id: str = "0", options: LiveOptions | None = None,
+                 threads: int = 1, stop: threading.Event | None = None) -> None:
+        super().__init__(url, stream_id, options or LiveOptions(), threads, stop)
+        check_local_input(self.url)  # one line now, not a failing decode thread later
+        self.time_base = LIVE_TIME_BASE
+        self.decoded = 0
+        self._clock0 = time.monotonic()
 
-    def __init__(self, maxsize: int) -> None:
-        self.items: collections.deque = collections.deque()
-        self.maxsize = maxsize
-        self.cond = threading.Condition()
-        self.dropped = 0
-
-    def put(self, item: Any) -> None:
-        with self.cond:
-            if len(self.items) >= self.maxsize:
-                self.items.popleft()
-                self.dropped += 1
-            self.items.append(item)
-            self.cond.notify()
-
-    def get(self, timeout: float | None = None) -> Any:
-        """The oldest item, or ``None`` when ``timeout`` passed with the queue empty."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.items, timeout):
-                return None
-            return self.items.popleft()
-
-    def __len__(self) -> int:
-        with self.cond:
-            return len(self.items)
-
-
-class LiveSource:
-    """A :class:`LiveReader` on its own decode thread, behind a drop-oldest queue.
-
-    ``get(timeout)`` returns the next :class:`LiveFrame`, or ``None`` when none came in
-    time (the stream may be in an outage). Iterating ends when the reader has ended and
-    the queue is empty; if the reader ended with an error (the reconnect budget was
-    spent) the error is raised to the consumer then.
-    """
-
-    def __init__(self, url: str, stream_id: str = "0", options: LiveOptions | None = None
-                 ) -> None:
-        self.options = options or LiveOptions()
-        self.stop_event = threading.Event()
-        self.reader = LiveReader(url, stream_id, self.options, self.stop_event)
-        self.queue = DropOldestQueue(self.options.queue_size)
-        self.thread = threading.Thread(target=self._run, name=f"decode-{stream_id}",
-                                       daemon=True)
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-        self.delivered = 0
-
-    @property
-    def stream_id(self) -> str:
-        return self.reader.stream_id
-
-    def start(self) -> LiveSource:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            for frame in self.reader:
-                self.queue.put(frame)
-        except BaseException as exc:  # handed to the consumer by get()
-            self.error = exc
-        finally:
-            self.finished.set()
-            with self.queue.cond:
-                self.queue.cond.notify_all()
-
-    @property
-    def done(self) -> bool:
-        return self.finished.is_set() and len(self.queue) == 0
-
-    def get(self, timeout: float | None = None) -> LiveFrame | None:
-        if self.done:
-            if self.error is not None:
-                raise self.error
-            return None
-        item = self.queue.get(timeout)
-        if item is not None:
-            self.delivered += 1
-        return item
-
-    def __iter__(self) -> Iterator[LiveFrame]:
-        while not self.done:
-            frame = self.get(timeout=0.5)
-            if frame is not None:
-                yield frame
-        if self.error is not None:
-            raise self.error
+    def read(self) -> Iterator[Frame]:
+        while not self.stop.is_set():
+            file = FileReader(self.url, self.stream_id, threads=self.threads, stop=self.stop)
+            self.rate = file.rate
+            pace = _Pacer(self.stop)
+            try:
+                for frame in file.read():
+                    if frame.pts is not None:
+                        pace.wait_until(float(frame.pts * file.time_base))
+                    if self.stop.is_set():
+                        return
+                    pts = round((time.monotonic() - self._clock0) / self.time_base)
+                    yield Frame(self.decoded, pts, frame.image, time.time())
+                    self.decoded += 1
+            finally:
+                file.close()
+            if not self.options.loop_files:
+                return
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the status line and the JSON (``dropped`` = dropped by the queue)."""
-        c = self.reader.counters
-        return {"stream": self.stream_id, "url": redact_url(self.reader.url),
-                "connected": c.connected,
-                "decoded": c.decoded, "delivered": self.delivered, "dropped": self.queue.dropped,
-                "queue": len(self.queue),
-                "decode_errors": c.decode_errors, "reconnects": c.reconnects,
-                "outages": [o.as_dict() for o in c.outages]}
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the decode thread to end; waits at most ``timeout`` (a blocked read ends at
-        the read timeout)."""
-        self.stop_event.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    def __enter__(self) -> LiveSource:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return {"stream": self.stream_id, "url": redact_url(self.url), "connected": True,
+                "decoded": self.decoded, "decode_errors": 0, "reconnects": 0, "outages": []}

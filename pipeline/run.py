@@ -21,57 +21,77 @@ from pathlib import Path
 from typing import Any
 
 from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
+from gimefive.pipeline.control import report_stage_error
+from gimefive.pipeline.live_source import CameraGaveUp
 from gimefive.pipeline.probe import check_output, is_live, probe_input, same_file
-from gimefive.pipeline.stage import StageRunner, Stopped
+from gimefive.pipeline.stage import HWM, StageRunner, Stopped
 from gimefive.pipeline.stages import STAGES, stage_class
-from gimefive.pipeline.supervisor import StageProcess, Supervisor
-from gimefive.pipeline.wire import (
-    CurveKeys,
-    ipc_endpoint,
-    private_ipc_dir,
-    report_stage_error,
+from gimefive.pipeline.supervisor import (
+    EXIT_GAVE_UP,
+    EXIT_NO_RESTART,
+    StageProcess,
+    Supervisor,
+    restart_cannot_fix,
 )
+from gimefive.pipeline.transport import CurveKeys, ipc_endpoint, private_ipc_dir
 
 from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError, StageError
 from gimefive.urls import redact_text, url_arg
 
 ANNOTATE_STAGES = ("source", "detect", "classify", "track", "annotate")
+#: a camera's recording ended: how long the stages may take to write the frames in flight
+LIVE_STOP_S = 60.0
 
 
 def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfig,
               control: str | None = None, curve: CurveKeys | None = None,
-              insecure: bool = False, **job: Any) -> dict[str, Any]:
+              insecure: bool = False, hwm: int = HWM, ends: int = 1,
+              **job: Any) -> dict[str, Any]:
     """Run stage ``name`` in this process until its input ends; return its stats.
 
     For ``source`` ``in_`` is the video to read; for ``annotate`` ``out`` is the video to
     write (``job`` may add ``json``, ``cam_npz``, ``audio_from``). Other stages take
-    endpoints; a stage binds ``in_`` and connects ``out``.
+    endpoints; a stage binds ``in_`` and connects ``out``. ``hwm`` and ``ends`` are the
+    run's queue depth per hop and its number of streams (0: live, until stopped).
+
+    Every stage runs here, a camera source and the live sink included. A stop (SIGTERM)
+    is the normal end of a live run (``ends`` 0): it returns. A failure is reported to
+    ``control`` as one line and raised as :class:`StageError`, whose exit status is
+    :data:`EXIT_NO_RESTART` when restarting cannot fix it (a full disk, say).
     """
     gate = job.pop("gate", None)
     cls = stage_class(name)
     if name == "source":
         job["input"], in_ = in_, None
     if name == "annotate":
-        job["output"], out = out, None
+        job["output"], out = ("" if out == "-" else out), None
+    status = StageError.exit_code
     try:
         stage = cls(config, **job)
+        name = stage.name  # a camera's source reports as source-ID
         runner = StageRunner(stage, in_, out, control, curve=curve, insecure=insecure,
-                             gate_endpoint=gate)
+                             gate_endpoint=gate, hwm=hwm, ends=ends)
         return runner.run()
     except Stopped as exc:
+        if ends == 0:
+            return {}
         message = f"stopped by {exc}"
-    except GimefiveError as exc:
-        message = str(exc)
-    except Exception as exc:  # reported as one line; the traceback stays in the stage log
-        if control:  # under a supervisor stderr is the stage's log file
-            import traceback
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, GimefiveError) else f"{type(exc).__name__}: {exc}"
+        if control and not isinstance(exc, GimefiveError):  # the traceback goes to the
+            import traceback  # stage's log (its stderr under a supervisor)
 
             sys.stderr.write(redact_text(traceback.format_exc()))
-        message = f"{type(exc).__name__}: {exc}"
+        if restart_cannot_fix(exc):
+            status = EXIT_NO_RESTART
+        elif isinstance(exc, CameraGaveUp):
+            status = EXIT_GAVE_UP
     message = redact_text(message)  # an FFmpeg error may quote the URL it opened
     report_stage_error(control, name, message)
-    raise StageError(f"stage {name}: {message}")
+    error = StageError(f"stage {name}: {message}")
+    error.exit_code = status
+    raise error
 
 
 # ------------------------------------------------------------------------ annotate job
@@ -149,6 +169,8 @@ def stage_args(name: str, endpoints: dict[str, str], config: AnnotateConfig,
     args = ["--in", str(in_), "--out", str(out), "--config-json", json.dumps(to_dict(config))]
     if name == "source" and job.get("gate"):
         args += ["--gate", job["gate"]]
+    if name == "source" and job.get("live"):
+        args += ["--live-json", json.dumps(job["live"])]
     if name == "annotate":
         for key in ("json", "cam_npz", "audio_from"):
             if job.get(key):
@@ -193,15 +215,26 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
                    json_path: str | Path | None = None, cam_npz: str | Path | None = None,
                    config: AnnotateConfig | None = None, progress: bool = True,
                    save_resolved_config: bool = True, summary_path: str | Path | None = None,
-                   force: bool = False) -> AnnotateResult:
+                   force: bool = False, duration_s: float = 0.0,
+                   camera: dict[str, Any] | None = None) -> AnnotateResult:
     """Annotate a video file; every input frame appears once in ``output``, same timing.
 
     ``summary_path``: also write the summary there as JSON. ``force``: replace existing
     outputs (never the input). Outputs appear under their names only if the run succeeds.
+
+    A camera (an ``rtsp://`` URL) is read like ``gimefive monitor`` reads it (timeouts,
+    reconnects, drop-oldest; ``camera``: LiveOptions fields) and recorded until SIGINT or
+    SIGTERM, ``duration_s`` (0: no limit), or until it is given up; each of these ends
+    the recording normally: the outputs are finalised and published. A camera given up
+    then raises :class:`StageError` with its line, after publishing.
     """
     config = config or load_annotate_config()
+    live = is_live(input_path)
+    if not live and (duration_s or camera):
+        raise GimefiveError("--duration and camera options apply to a live input "
+                            "(rtsp://...); a file is read to its end")
     # a URL stays a string: Path("rtsp://h/x") would collapse the "//"
-    input_path = str(input_path) if is_live(input_path) else Path(input_path)
+    input_path = str(input_path) if live else Path(input_path)
     output = Path(output) if output else None
     json_path = Path(json_path) if json_path else None
     cam_npz = Path(cam_npz) if cam_npz else None
@@ -219,8 +252,9 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     # written under partial names, renamed when the run succeeded: a failed run leaves no
     # partial file under a final name, and an earlier file there is not lost
     partial = {key: _partial_name(path) for key, path in finals.items() if path}
+    stop = _LiveStop(duration_s) if live else None
     try:
-        result = _run_job(input_path, partial, config, progress)
+        result = _run_job(input_path, partial, config, progress, stop, camera)
         if "summary" in partial:
             partial["summary"].write_text(json.dumps(result.to_dict(), indent=2))
         _publish(partial, finals)
@@ -229,16 +263,22 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
             path.unlink(missing_ok=True)
     if save_resolved_config and output is not None:
         save_config(config, output.with_name(output.name + ".config.yaml"))
+    if stop is not None and stop.gave_up:  # what was recorded is published; still an error
+        raise StageError(f"{stop.gave_up} (the frames recorded until then are written)")
     return result
 
 
 def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateConfig,
-             progress: bool) -> AnnotateResult:
-    """Run the five stages, which write to the ``partial`` paths; summarise the run."""
-    config.streams = 1
+             progress: bool, stop: _LiveStop | None = None,
+             camera: dict[str, Any] | None = None) -> AnnotateResult:
+    """Run the five stages, which write to the ``partial`` paths; summarise the run.
+
+    ``stop``: the input is a camera, and this says when its recording ends."""
     job = {"input": str(input_path), "output": str(partial.get("output", "")),
            "json": partial.get("json"), "cam_npz": partial.get("cam_npz"),
-           "audio_from": str(input_path) if config.audio else None}
+           # a camera has no audio to copy (and is not opened a second time for it)
+           "audio_from": str(input_path) if config.audio and stop is None else None,
+           "live": camera}
     bar = _Progress(progress)
     start = time.perf_counter()
     with private_ipc_dir() as directory:
@@ -246,16 +286,83 @@ def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateC
         job["gate"] = ipc_endpoint(directory, "gate")
         processes = [StageProcess(name, stage_args(name, endpoints, config, job, directory),
                                   threads=_threads(name, config)) for name in ANNOTATE_STAGES]
-        supervisor = Supervisor(processes, ipc_endpoint(directory, "control"), directory,
-                                on_event=bar.event, gate_endpoint=job["gate"])
+        kind = Supervisor if stop is None else _CameraJobSupervisor
+        supervisor = kind(processes, ipc_endpoint(directory, "control"), directory,
+                          on_event=bar.event, gate_endpoint=job["gate"])
         try:
-            with _sigterm_as_interrupt():
-                supervisor.start_all()
-                stages = supervisor.run()
+            if stop is None:
+                with _sigterm_as_interrupt():
+                    supervisor.start_all()
+                    stages = supervisor.run()
+            else:
+                with stop.handling_signals(supervisor):
+                    supervisor.start_all()
+                    stages = supervisor.run(tick=stop.tick)
+                stop.gave_up = stages["source"].ended
         finally:
             supervisor.stop()
             bar.close()
     return summarize(stages, time.perf_counter() - start)
+
+
+class _CameraJobSupervisor(Supervisor):
+    """An annotate job's supervisor for a camera: a camera given up ends the recording,
+    not the job; the stages after it write what it sent (it ended its stream first)."""
+
+    def crashed(self, stage: StageProcess, rc: int) -> bool:
+        if stage.name == "source" and rc == EXIT_GAVE_UP:
+            stage.ended = stage.error
+            return True
+        return super().crashed(stage, rc)
+
+
+class _LiveStop:
+    """When the recording of a camera ends: SIGINT, SIGTERM or ``duration_s`` (counted
+    from the start signal) ask the source to end its stream, once; the stages after it
+    then write the frames in flight and exit 0, so the outputs are complete. A second
+    signal, or stages still running :data:`LIVE_STOP_S` after the request, interrupt."""
+
+    def __init__(self, duration_s: float = 0.0) -> None:
+        self.duration_s = duration_s
+        self.requested = False
+        self.started: float | None = None
+        self.asked: float | None = None
+        self.gave_up = ""
+        self.supervisor: Supervisor | None = None
+
+    @contextlib.contextmanager
+    def handling_signals(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self._signal) for s in signals}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _signal(self, signum, frame) -> None:
+        if self.requested:  # asked twice: stop now
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.requested = True
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.started is None and self.supervisor.gate_open:
+            self.started = now  # the recording begins
+        due = self.duration_s and self.started is not None \
+            and now - self.started >= self.duration_s
+        if self.asked is None and (self.requested or due):
+            self.asked = now
+            source = self.supervisor.stages["source"]
+            if source.proc is not None and source.proc.poll() is None:
+                source.proc.send_signal(signal.SIGTERM)  # it ends its stream
+        elif self.asked is not None and now - self.asked > LIVE_STOP_S:
+            raise StageError(f"the stages did not finish within {LIVE_STOP_S:g} s after "
+                             f"the camera's recording ended")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,9 @@ monitor started), rebased per segment; the first frame of every segment is a key
 :class:`RtspPushSink` pushes the annotated stream to an RTSP server (ANNOUNCE/RECORD);
 when the server goes away it keeps trying with capped backoff and counts the frames it
 could not push, without ever blocking the pipeline.
+
+:class:`SegmentsSink` and :class:`RtspSink` are the pipeline's sinks for these two kinds
+of output: one writer per camera, each at its own name (:func:`stream_output`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from typing import Any
 
 import av
 import numpy as np
+from gimefive.pipeline.encoder import add_video_stream, pick_codec
+from gimefive.pipeline.messages import TrackedMsg
+from gimefive.pipeline.sinks import Sink
 from gimefive.pipeline.timestamps import IncreasingPts
 
 from gimefive.errors import GimefiveError
@@ -36,37 +42,12 @@ SEGMENT_TIME_BASE = Fraction(1, 90000)
 FRAGMENT_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
 
-def encoder_name(preferred: str = "libx264") -> str:
-    """``preferred`` when this FFmpeg build can encode it, else mpeg4."""
-    for name in (preferred, "mpeg4"):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except (av.error.FFmpegError, ValueError):
-            continue
-    raise GimefiveError(f"neither {preferred} nor mpeg4 can be encoded by this FFmpeg build")
-
-
-def _open_video_stream(container, codec: str, width: int, height: int, fps: float,
-                       crf: int, preset: str, live: bool):
+def _live_stream(container, codec: str, width: int, height: int, fps: float, crf: int,
+                 preset: str):
+    """A live output's video stream on the live timeline's 1/90000 time base."""
     rate = Fraction(round(fps * 1000), 1000) if fps > 0 else Fraction(25)
-    stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height = width, height
-    even = width % 2 == 0 and height % 2 == 0
-    stream.pix_fmt = "yuv420p" if even or codec != "libx264" else "yuv444p"
-    stream.time_base = SEGMENT_TIME_BASE
-    stream.codec_context.time_base = SEGMENT_TIME_BASE
-    gop = max(1, round(float(rate)))  # a keyframe (and so a fragment) every second
-    stream.codec_context.gop_size = gop
-    if codec == "libx264":
-        opts = {"crf": str(crf), "preset": preset, "keyint": str(gop), "min-keyint": "1",
-                "scenecut": "0"}
-        if live:
-            opts["tune"] = "zerolatency"
-        stream.options = opts
-    else:
-        stream.bit_rate = max(1_000_000, width * height * 4)
-    return stream
+    return add_video_stream(container, codec, width, height, rate, SEGMENT_TIME_BASE, crf,
+                            preset, live=True)
 
 
 def concat_line(name: str) -> str:
@@ -96,7 +77,7 @@ class SegmentWriter:
             raise GimefiveError(f"segment length must be > 0 s, got {segment_s}")
         self.base, self.segment_s, self.fps = base, segment_s, fps
         self.keep_age_s, self.keep_bytes = keep_age_s, keep_bytes  # 0: keep everything
-        self.codec, self.crf, self.preset = encoder_name(codec), crf, preset
+        self.codec, self.crf, self.preset = pick_codec(codec), crf, preset
         self.playlist = base.with_suffix(".ffconcat")
         self.container = self.stream = None
         self.number = self._next_number()
@@ -129,8 +110,8 @@ class SegmentWriter:
                                      options={"movflags": FRAGMENT_FLAGS, "flush_packets": "1"})
         except (av.error.FFmpegError, OSError) as exc:
             raise GimefiveError(f"cannot write segment {path}: {exc}") from None
-        self.stream = _open_video_stream(self.container, self.codec, width, height, self.fps,
-                                         self.crf, self.preset, live=True)
+        self.stream = _live_stream(self.container, self.codec, width, height, self.fps,
+                                   self.crf, self.preset)
         self.size = (width, height)
         self.segment_start, self.clock = t, IncreasingPts()  # each segment starts at 0
         self.segments.append(path)
@@ -207,6 +188,9 @@ class SegmentWriter:
         tmp.write_text("".join(kept))
         os.replace(tmp, self.playlist)
 
+    def stats(self) -> dict[str, Any]:
+        return {"segments": len(self.segments), "frames": self.frames}
+
     def close(self) -> None:
         """Finalise the current segment (safe to call twice)."""
         if self.container is not None:
@@ -225,7 +209,7 @@ class RtspPushSink:
             raise GimefiveError(f"RTSP output must be rtsp://HOST:PORT/PATH, got "
                                 f"{redact_url(url)}")
         self.url, self.fps, self.transport = url, fps, transport
-        self.codec, self.preset, self.crf = encoder_name(codec), preset, crf
+        self.codec, self.preset, self.crf = pick_codec(codec), preset, crf
         self.backoff_max_s = backoff_max_s
         self.container = self.stream = None
         self.t0: float | None = None
@@ -244,8 +228,8 @@ class RtspPushSink:
                                      options={"rtsp_transport": self.transport},
                                      timeout=(5.0, 5.0))
             height, width = image.shape[:2]
-            self.stream = _open_video_stream(self.container, self.codec, width, height,
-                                             self.fps, self.crf, self.preset, live=True)
+            self.stream = _live_stream(self.container, self.codec, width, height, self.fps,
+                                       self.crf, self.preset)
             self.t0, self.last_pts, self.clock = None, -1, IncreasingPts()
             return True
         except (av.error.FFmpegError, OSError) as exc:
@@ -301,3 +285,63 @@ class RtspPushSink:
             except (av.error.FFmpegError, OSError):
                 pass
             self.container = None
+
+
+def stream_output(base: str, stream: str, single: bool) -> str:
+    """Where one camera's video goes: ``base`` itself with one camera, else per stream
+    (``DIR/NAME-STREAM.mp4`` or ``rtsp://.../PATH-STREAM``)."""
+    if single:
+        return base
+    if base.lower().startswith("rtsp://"):
+        return f"{base.rstrip('/')}-{stream}"
+    path = Path(base)
+    return str(path.with_name(f"{path.stem}-{stream}{path.suffix}"))
+
+
+class PerStreamSink(Sink):
+    """One ``writer`` per camera (``streams``: the run's stream ids), opened on that
+    camera's first frame; the other options go to the writer."""
+
+    needs_image = True
+    writer: type  # SegmentWriter or RtspPushSink: ``writer(target, fps=..., **options)``
+
+    def __init__(self, base: str, streams: list[str], **options: Any) -> None:
+        self.base, self.streams, self.options = base, streams, options
+        self.outputs: dict[str, Any] = {}
+
+    def _output(self, msg: TrackedMsg):
+        out = self.outputs.get(msg.stream)
+        if out is None:
+            target = stream_output(self.base, msg.stream, len(self.streams) <= 1)
+            fps = msg.rate[0] / msg.rate[1] if msg.rate else 25.0
+            out = self.outputs[msg.stream] = self.writer(target, fps=fps, **self.options)
+        return out
+
+    def write(self, msg: TrackedMsg, image: np.ndarray | None) -> None:
+        t = msg.pts_seconds if msg.pts_seconds is not None else time.monotonic()
+        self._output(msg).write(image, t)
+
+    def info(self) -> dict[str, Any]:
+        return {"video": {s: out.stats() for s, out in self.outputs.items()}}
+
+    def close(self) -> None:
+        errors = []
+        for out in self.outputs.values():
+            try:
+                out.close()
+            except Exception as exc:  # close every camera's output, then report
+                errors.append(str(exc))
+        if errors:
+            raise GimefiveError("; ".join(errors))
+
+
+class SegmentsSink(PerStreamSink):
+    """Live ``-o FILE.mp4``: fragmented-MP4 segments and their ffconcat list per camera."""
+
+    writer = SegmentWriter
+
+
+class RtspSink(PerStreamSink):
+    """``-o rtsp://...``: each camera pushed to its own path (stats with no password)."""
+
+    writer = RtspPushSink

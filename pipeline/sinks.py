@@ -1,34 +1,51 @@
-"""Where annotated frames go: a video file, JSON lines, per-face Grad-CAM arrays.
+"""Where annotated frames go: the sink base class, the registry by kind, the file sinks.
 
 Each sink takes ``write(msg, image)`` once per frame, in order, and ``close()`` once;
 close finalises what was written (also after an error or SIGTERM), so a stopped run
 leaves a playable video and complete JSON lines up to the last frame written.
 (``gimefive annotate`` points them at partial names and renames only after success.)
-A live sink (RTSP push, segments) implements the same two methods.
+
+:func:`sink_specs` picks each output's kind from the job (see :data:`SINKS`): a video
+file is one MP4 for a file job and fragmented-MP4 segments for a live one, an
+``rtsp://`` output is pushed, JSON lines are truncated or (live) appended.
+:func:`open_sinks` builds them. The live kinds are in :mod:`gimefive.pipeline.segments`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gimefive.pipeline.encoder import add_video_stream, pick_codec
+from gimefive.pipeline.messages import TrackedMsg
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
-from gimefive.pipeline.wire import TrackedMsg
 
 from gimefive.errors import GimefiveError
 from gimefive.labels import EMOTIONS
 
-FALLBACK_CODEC = "mpeg4"
+#: output kind -> "module:class" of its sink (imported only when used)
+SINKS: dict[str, str] = {
+    "mp4": "gimefive.pipeline.sinks:VideoFileSink",          # one MP4 file (file jobs)
+    "segments": "gimefive.pipeline.segments:SegmentsSink",   # live: fMP4 segments + ffconcat
+    "rtsp": "gimefive.pipeline.segments:RtspSink",           # rtsp:// push
+    "jsonl": "gimefive.pipeline.sinks:JsonLinesSink",        # JSON lines, truncate or append
+    "cam_npz": "gimefive.pipeline.sinks:CamNpzSink",         # Grad-CAM arrays
+}
 
 
 class Sink:
+    """One output of the annotate stage. The one hook is :meth:`write`; a new kind of
+    output is a subclass and a line in :data:`SINKS` (and in :func:`sink_specs`)."""
+
     #: whether :meth:`write` needs the drawn frame (else image is None)
     needs_image = False
 
@@ -46,18 +63,50 @@ class Sink:
         return {}
 
 
-def pick_codec(preferred: str) -> str:
-    """``preferred`` when this FFmpeg build can encode it, else the mpeg4 fallback."""
-    import av
+@dataclass(frozen=True)
+class SinkSpec:
+    """One output of a job: its kind (a key of :data:`SINKS`), where, and the keyword
+    arguments of that sink's constructor."""
 
-    for name in (preferred, FALLBACK_CODEC):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except (av.error.FFmpegError, ValueError):  # unknown encoder
-            continue
-    raise GimefiveError(f"neither {preferred} nor {FALLBACK_CODEC} can be encoded by this "
-                        f"FFmpeg build")
+    kind: str
+    target: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> Sink:
+        module, attr = SINKS[self.kind].split(":")
+        return getattr(importlib.import_module(module), attr)(self.target, **self.options)
+
+
+def sink_specs(job: dict[str, Any], config) -> list[SinkSpec]:
+    """The sinks a job's outputs need (job keys as :class:`AnnotateStage` documents)."""
+    live, specs = bool(job.get("live")), []
+    video = str(job.get("output") or "")
+    streams = list(job.get("streams") or [])
+    if video.lower().startswith("rtsp://"):
+        specs.append(SinkSpec("rtsp", video, {
+            "streams": streams, "codec": config.codec,
+            "transport": job.get("push_transport") or "udp"}))
+    elif video and live:
+        specs.append(SinkSpec("segments", video, {
+            "streams": streams, "codec": config.codec, "crf": config.crf,
+            "preset": config.preset, "segment_s": float(job.get("segment_s") or 10.0),
+            "keep_age_s": float(job.get("keep_age_s") or 0),
+            "keep_bytes": int(job.get("keep_bytes") or 0)}))
+    elif video:
+        specs.append(SinkSpec("mp4", video, {
+            "codec": config.codec, "crf": config.crf, "preset": config.preset,
+            "threads": config.encoder_threads,
+            "audio_from": job.get("audio_from") if config.audio else None}))
+    if job.get("json"):
+        specs.append(SinkSpec("jsonl", str(job["json"]), {"append": live}))
+    if job.get("cam_npz"):
+        specs.append(SinkSpec("cam_npz", str(job["cam_npz"])))
+    return specs
+
+
+def open_sinks(specs: list[SinkSpec]) -> list[Sink]:
+    """Open every sink (a video sink opens its file on the first frame)."""
+    return [spec.open() for spec in specs]
 
 
 class VideoFileSink(Sink):
@@ -93,19 +142,10 @@ class VideoFileSink(Sink):
             self.container = av.open(str(self.path), "w")
         except av.error.FFmpegError as exc:
             raise GimefiveError(f"cannot write {self.path}: {exc}") from None
-        rate = Fraction(*msg.rate) if msg.rate else None
-        stream = self.container.add_stream(self.codec, rate=rate)
-        stream.width, stream.height = width, height
-        even = width % 2 == 0 and height % 2 == 0
-        stream.pix_fmt = "yuv420p" if even or self.codec != "libx264" else "yuv444p"
-        stream.time_base = Fraction(*msg.time_base)
-        stream.codec_context.time_base = Fraction(*msg.time_base)
-        stream.codec_context.thread_count = max(1, self.threads)
-        if self.codec == "libx264":
-            stream.options = {"crf": str(self.crf), "preset": self.preset}
-        else:
-            stream.bit_rate = max(2_000_000, width * height * 8)
-        self.stream = stream
+        self.stream = add_video_stream(
+            self.container, self.codec, width, height,
+            Fraction(*msg.rate) if msg.rate else None, Fraction(*msg.time_base),
+            self.crf, self.preset, threads=self.threads)
         # the muxer refuses (EINVAL) timestamps that repeat or go back: repair, never drop
         self.clock = IncreasingPts(frame_step(msg.rate, msg.time_base))
         self._open_audio()
@@ -208,17 +248,25 @@ def frame_record(msg: TrackedMsg) -> dict[str, Any]:
 
 
 class JsonLinesSink(Sink):
-    """One JSON object per frame; flushed per line so an interrupted run keeps its lines."""
+    """One JSON object per frame; flushed per line so an interrupted run keeps its lines.
 
-    def __init__(self, path: str | Path) -> None:
+    ``append``: continue the file (a live run, whose restarted stage must not lose what
+    was written). A frame from a live source also carries the camera's counters
+    (``live``: decoded, dropped, reconnects, ...) at the time it was sent.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
-        try:
-            self.file = open(self.path, "w", buffering=1)  # noqa: SIM115 - closed in close()
+        try:  # closed in close()
+            self.file = open(self.path, "a" if append else "w", buffering=1)  # noqa: SIM115
         except OSError as exc:
             raise GimefiveError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def write(self, msg: TrackedMsg, image: np.ndarray | None) -> None:
-        self.file.write(json.dumps(frame_record(msg), separators=(",", ":")) + "\n")
+        record = frame_record(msg)
+        if "live" in msg.extra:
+            record["live"] = msg.extra["live"]
+        self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         self.file.close()

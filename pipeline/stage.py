@@ -15,7 +15,6 @@ no output socket: it returns nothing from ``process``.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -24,43 +23,29 @@ from typing import Any, ClassVar
 
 import zmq
 from gimefive.pipeline.config import AnnotateConfig
-from gimefive.pipeline.wire import (
-    EndOfStream,
-    Message,
-    Receiver,
-    Sender,
-    control_message,
-    open_socket,
-    peer_monitor,
-)
+from gimefive.pipeline.control import control_message
+from gimefive.pipeline.messages import EndOfStream, Message
+from gimefive.pipeline.transport import Receiver, Sender, open_socket, peer_monitor
 
 from gimefive.errors import GimefiveError
+from gimefive.memory import peak_rss_mb
 
 PROGRESS_EVERY_S = 0.5
+#: how often a stage's live counters (:meth:`Stage.live_stats`) go to the supervisor
+LIVE_EVERY_S = 1.0
+#: after the end of a stream whose next stage runs until stopped (a live run), how long
+#: the output socket may take to deliver what is queued (that stage never leaves)
+LIVE_LINGER_MS = 1000
 #: after a normal end, how long the output socket may take to deliver what is queued
 #: (linger 0 would discard the last frames and the end-of-stream message)
 DRAIN_TIMEOUT_MS = 120_000
 #: how long a source waits at the gate for the supervisor's start signal (the other
 #: stages load their models meanwhile); past it the stage ends with one line
 GATE_TIMEOUT_S = 600.0
+#: messages queued per hop (per side) in a file job; a live run queues 1: low latency
+HWM = 4
+LIVE_HWM = 1
 
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory.
-
-    ``getrusage(RUSAGE_SELF).ru_maxrss`` keeps the parent's peak across fork and exec
-    on Linux, so every stage would report the supervisor's; ``VmHWM`` belongs to the
-    process's current address space alone.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass  # not Linux: fall back to getrusage below
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 class Stage(ABC):
     """One step of the pipeline. Subclasses set ``name``/``accepts`` and implement process."""
@@ -101,9 +86,24 @@ class Stage(ABC):
         """Facts for the supervisor's ready report (a source: the expected frame count)."""
         return {}
 
-    def messages(self) -> Iterator[Message]:
-        """For source stages: the messages to send (the runner adds nothing)."""
+    def messages(self) -> Iterator[Message | None]:
+        """For source stages: the messages to send (the runner adds nothing). ``None``
+        means "nothing to send now" (a camera in an outage): the runner then does its
+        reports and asks again."""
         raise NotImplementedError(f"stage {self.name} has no input; it must override messages()")
+
+    def live_stats(self) -> dict[str, Any] | None:
+        """Counters the supervisor shows while the stage runs (a camera: decoded, dropped,
+        reconnects, outages; a live sink: written per stream); None: nothing to show.
+        The runner sends them as a "live" report about once a second, also while no
+        frame flows, and once more after :meth:`close`."""
+        return None
+
+    def stop(self) -> bool:
+        """SIGTERM arrived. True: the stage ends by itself, soon and cleanly (a live source
+        ends its stream, so the frames in flight are still written); False: the stage is
+        interrupted at once (the runner raises :class:`Stopped`)."""
+        return False
 
     def close(self) -> None:
         """Release resources; always called, also after an error."""
@@ -163,27 +163,27 @@ class Stopped(Exception):
     """SIGTERM/SIGINT arrived: finish what is written and leave."""
 
 
-def _raise_stopped(signum, frame) -> None:
-    raise Stopped(signal.Signals(signum).name)
-
-
 class StageRunner:
     """Runs one stage: sockets in and out, the receive loop, statistics, control reports."""
 
     def __init__(self, stage: Stage, in_endpoint: str | None, out_endpoint: str | None,
                  control_endpoint: str | None = None, bind_input: bool = True,
-                 curve=None, insecure: bool = False, gate_endpoint: str | None = None
-                 ) -> None:
+                 curve=None, insecure: bool = False, gate_endpoint: str | None = None,
+                 hwm: int = HWM, ends: int = 1) -> None:
+        """``hwm`` and ``ends`` are facts of the run, not user settings: how many messages
+        queue per hop (per side), and how many end-of-stream messages end this stage
+        (one per stream of a file job; 0: a live run, until stopped)."""
         self.stage = stage
+        self.ends = ends
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
-        hwm = stage.config.hwm
         self.receiver = self.sender = self.control = None
         self.drain = False
         try:
             if stage.accepts is not None:
                 sock = self._open(zmq.PULL, in_endpoint, bind_input, hwm, curve, insecure)
-                self.receiver = Receiver(sock, (*stage.accepts, EndOfStream))
+                # ends > 0: a forged end-of-stream would end this stage; refuse it
+                self.receiver = Receiver(sock, (*stage.accepts, EndOfStream), ends)
             if stage.has_output:
                 monitors: list[zmq.Socket] = []
                 try:
@@ -207,6 +207,8 @@ class StageRunner:
         self.cpu_start = 0.0
         self.busy_s = 0.0
         self.last_progress = 0.0
+        self.last_live = 0.0
+        self.stopping = False
 
     def _open(self, kind, endpoint, bind, hwm, curve, insecure,
               before_connect=None) -> zmq.Socket:
@@ -250,6 +252,23 @@ class StageRunner:
             self.report("progress", frames=self.frames_out if self.sender else self.frames_in,
                         malformed=self.receiver.malformed if self.receiver else 0)
 
+    def _report_live(self, force: bool = False) -> None:
+        """The stage's live counters, about once a second (``force``: now)."""
+        now = time.monotonic()
+        if force or now - self.last_live >= LIVE_EVERY_S:
+            self.last_live = now
+            stats = self.stage.live_stats()
+            if stats is not None:
+                self.report("live", **stats)
+
+    def _on_signal(self, signum, frame) -> None:
+        """A stage that can end cleanly is asked to (once); otherwise, or on a second
+        signal, it is interrupted."""
+        if not self.stopping and self.stage.stop():
+            self.stopping = True
+            return
+        raise Stopped(signal.Signals(signum).name)
+
     def _start_clock(self) -> None:
         if self.started is None:
             self.started = time.perf_counter()
@@ -273,26 +292,34 @@ class StageRunner:
 
     # -- main loops
     def run(self) -> dict[str, Any]:
-        previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Under a supervisor (a control endpoint) SIGINT is ignored: Ctrl-C in a terminal
+        # reaches every process of the group, and the supervisor decides the order of the
+        # stop (it sends SIGTERM); alone, Ctrl-C stops the stage like SIGTERM.
+        interrupt = signal.SIG_IGN if self.control is not None else self._on_signal
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_signal),
+                    signal.SIGINT: signal.signal(signal.SIGINT, interrupt)}
         try:
-            self.stage.setup()
-            self.report("ready", **self.stage.info())
-            self._wait_for_gate()
-            if self.receiver is None:
-                self._run_source()
-            else:
-                self._run_filter()
-            stats = self.stats()
-            self.report("stats", **stats)
-            self.drain = True
-            return stats
+            try:
+                self.stage.setup()
+                self.report("ready", **self.stage.info())
+                self._wait_for_gate()
+                if self.receiver is None:
+                    self._run_source()
+                else:
+                    self._run_filter()
+                stats = self.stats()
+                self.report("stats", **stats)
+                self.drain = True
+                return stats
+            finally:
+                try:
+                    self.stage.close()
+                finally:
+                    self._report_live(force=True)  # the final counters
+                    self.close()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            try:
-                self.stage.close()
-            finally:
-                self.close()
 
     def _wait_for_gate(self) -> None:
         """Hold a source until the supervisor says every stage is ready (fair timing), but
@@ -308,23 +335,26 @@ class StageRunner:
 
     def _run_source(self) -> None:
         self._start_clock()
-        iterator = iter(self.stage.messages())
+        iterator, end = iter(self.stage.messages()), object()
         while True:
             start = time.perf_counter()
-            msg = next(iterator, None)
+            msg = next(iterator, end)
             self.busy_s += time.perf_counter() - start
-            if msg is None:
+            if msg is end:
                 return
-            self._emit([msg])
+            if msg is not None:
+                self._emit([msg])
             self._progress()
+            self._report_live()
 
     def _run_filter(self) -> None:
         stage, ended = self.stage, 0
-        expected = stage.config.streams
+        expected = self.ends
         while expected == 0 or ended < expected:
             wait = stage.wait_ms()
             msg = self.receiver.recv(wait if wait is not None else 1000)
             self._progress()
+            self._report_live()
             if msg is None:
                 if wait is not None:
                     self._timed_emit(stage.flush)
@@ -338,13 +368,19 @@ class StageRunner:
             self._timed_emit(lambda m=msg: stage.process(m))
 
     def close(self) -> None:
+        # a live run's next stage runs until stopped: it never leaves, so do not wait
+        live = self.ends == 0
         if self.sender is not None:
-            if self.drain:  # the end-of-stream is sent: keep it until the next stage leaves
-                self.sender.wait_for_peers_to_leave(DRAIN_TIMEOUT_MS / 1000)
+            if self.drain and not live:  # the end-of-stream is sent: keep it until the
+                self.sender.wait_for_peers_to_leave(DRAIN_TIMEOUT_MS / 1000)  # next leaves
             self.sender.close_monitor()
+        linger = LIVE_LINGER_MS if live else DRAIN_TIMEOUT_MS
         for sock in self.sockets:
             keep = self.drain and (sock is getattr(self.sender, "sock", None)
                                    or sock is self.control)
-            sock.close(linger=DRAIN_TIMEOUT_MS if keep else 0)
+            if sock is self.control and not keep:  # the last reports (final counters,
+                sock.close(linger=LIVE_LINGER_MS)  # after a stop too) are small
+                continue
+            sock.close(linger=linger if keep else 0)
         self.sockets.clear()
         self.ctx.term()

@@ -2,9 +2,11 @@
 
 Each stage runs as ``python -m gimefive.pipeline.stage_main NAME ...`` (the same code
 path as ``gimefive stage NAME``), reports over a control socket (ready, progress, stats,
-error) and has its stderr captured to a log file. A stage that exits non-zero or dies
-from a signal fails the run with one line naming the stage and the reason; a live
-supervisor can instead :meth:`Supervisor.restart` it within a budget, after a delay.
+error) and has its stderr captured to a log file. What a stage that exits non-zero or
+dies from a signal leads to is the run's :class:`RestartPolicy`: a file job has none, so
+the run fails with one line naming the stage and the reason; a live run restarts the
+stage within a budget, after a capped exponential backoff, and a camera's stage past
+its budget (or whose camera gave up) ends alone while another camera is left.
 
 Every stage dies with its supervisor, even one killed by SIGKILL (:func:`die_with_parent`),
 so no stage is left running, re-parented to init, when the parent is gone.
@@ -13,32 +15,70 @@ so no stage is left running, re-parented to init, when the parent is gone.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
-from gimefive.pipeline.wire import WireError, open_socket, parse_control
+from gimefive.pipeline.control import parse_control
+from gimefive.pipeline.messages import WireError
+from gimefive.pipeline.transport import open_socket
 
 from gimefive.errors import StageError
 
+log = logging.getLogger("gimefive.supervisor")
+STAGE_MODULE = "gimefive.pipeline.stage_main"
 STOP_GRACE_S = 10.0
+DRAIN_S = 10.0  # a live stop: how long the frames in flight may take to be written
 # A stage exits with this status when it failed in a way restarting cannot fix (a full
 # or read-only disk, a permission denied): a live supervisor then ends the run instead.
 EXIT_NO_RESTART = 74  # EX_IOERR
+# A camera's source stage exits with this status when the camera is given up (its
+# reconnect budget is spent): that camera ends, the others go on.
+EXIT_GAVE_UP = 75  # EX_TEMPFAIL
 NO_RESTART_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
                                errno.EPERM, errno.EFBIG, errno.ENOENT, errno.ENOTDIR})
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a live run treats a crashed stage.
+
+    It is restarted at most ``budget`` times within ``window_s`` seconds, after
+    ``backoff_s``, doubled with each restart in the window up to ``backoff_max_s``; past
+    the budget the run fails, except for the stages in ``alone`` (the cameras' sources):
+    one of them ends alone, while another of them is left. A stage that exits with
+    :data:`EXIT_NO_RESTART` (a full disk) ends the run at once.
+    """
+
+    budget: int = 5
+    window_s: float = 600.0
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    alone: frozenset[str] = frozenset()
+
+    def delay_s(self, restarts: int) -> float:
+        """The wait before the ``restarts``-th restart within the window (1, 2, ...)."""
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (restarts - 1))
+
+    def __str__(self) -> str:
+        return f"{self.budget} restarts within {self.window_s:g} s"
+
+
 @dataclass
 class StageProcess:
+    """One stage process: ``python -m gimefive.pipeline.stage_main KIND ARGS...``."""
+
     name: str
     args: list[str]
+    kind: str = ""  # the `gimefive stage` NAME it runs ("": its name; source-cam0: source)
     threads: int = 1
     log: Path | None = None
     proc: subprocess.Popen | None = None
@@ -48,6 +88,7 @@ class StageProcess:
     progress: int = 0
     restarts: int = 0
     restart_at: float | None = None  # monotonic time of a scheduled restart (backoff)
+    ended: str = ""  # why this stage ended for good while the run goes on (a camera)
 
 
 def _exit_reason(rc: int) -> str:
@@ -103,15 +144,26 @@ def _last_line(path: Path | None) -> str:
 
 
 class Supervisor:
-    """Runs stage processes; :meth:`run` returns their stats or raises StageError."""
+    """Runs stage processes; :meth:`run` returns their stats or raises StageError.
+
+    ``policy``: a live run's :class:`RestartPolicy` (None: a file job, no restart).
+    ``on_event(stage, event, data)`` gets every control report and the supervisor's own
+    ``restart`` (before the stage starts again: its args may still change) and
+    ``ended`` events. ``drained``: a live stop ends the sources first, then the rest once
+    it returns True (the frames in flight are written) or after :data:`DRAIN_S`.
+    """
 
     def __init__(self, stages: list[StageProcess], control_endpoint: str, log_dir: Path,
                  on_event: Callable[[StageProcess, str, dict], None] | None = None,
-                 gate_endpoint: str | None = None) -> None:
+                 gate_endpoint: str | None = None, policy: RestartPolicy | None = None,
+                 drained: Callable[[], bool] | None = None) -> None:
         self.stages = {s.name: s for s in stages}
         self.control_endpoint = control_endpoint
         self.log_dir = log_dir
         self.on_event = on_event
+        self.policy, self.drained = policy, drained
+        self.crashes: dict[str, deque[float]] = {}  # per stage, restarts in the window
+        self.why = ""  # what the policy adds to the failure line that ends the run
         self.ctx = zmq.Context()
         self.control = open_socket(self.ctx, zmq.PULL, control_endpoint, bind=True, hwm=10000)
         self.started_at = time.perf_counter()
@@ -128,8 +180,8 @@ class Supervisor:
         return env
 
     def command(self, stage: StageProcess) -> list[str]:
-        return [sys.executable, "-m", "gimefive.pipeline.stage_main", stage.name,
-                *stage.args, "--control", self.control_endpoint]
+        return [sys.executable, "-m", STAGE_MODULE, stage.kind or stage.name, *stage.args,
+                "--control", self.control_endpoint]
 
     def start(self, stage: StageProcess) -> None:
         self.spawn(stage, self.command(stage))
@@ -195,18 +247,54 @@ class Supervisor:
             if self.on_event is not None:
                 self.on_event(stage, event, data)
 
+    def _event(self, stage: StageProcess, event: str, data: dict) -> None:
+        if self.on_event is not None:
+            self.on_event(stage, event, data)
+
     def failure(self, stage: StageProcess, rc: int) -> str:
         reason = stage.error or _last_line(stage.log) or _exit_reason(rc)
         if stage.error or _last_line(stage.log):
             reason = f"{reason} ({_exit_reason(rc)})"
         return f"stage {stage.name} failed: {reason}"
 
-    def run(self, on_exit: Callable[[StageProcess, int], bool] | None = None,
-            tick: Callable[[], None] | None = None) -> dict[str, StageProcess]:
-        """Wait until every stage has exited 0; a non-zero exit fails the run.
+    def crashed(self, stage: StageProcess, rc: int) -> bool:
+        """Apply the policy to ``stage``, which exited with ``rc`` != 0: restart it or end
+        it alone (True), or say why the run ends (False, :attr:`why`)."""
+        policy = self.policy
+        if policy is None:  # a file job
+            return False
+        if stage.name in policy.alone and rc == EXIT_GAVE_UP:  # its camera is gone
+            return self._end_alone(stage, stage.error, gave_up=True)
+        if rc == EXIT_NO_RESTART:  # e.g. disk full: a restart would fail the same way
+            self.why = "; not restarted: restarting cannot fix this"
+            return False
+        window, now = self.crashes.setdefault(stage.name, deque()), time.monotonic()
+        while window and now - window[0] > policy.window_s:
+            window.popleft()
+        reason = self.failure(stage, rc)
+        if len(window) >= policy.budget:
+            if stage.name in policy.alone:  # only this camera ends; the others go on
+                return self._end_alone(stage, f"restart budget spent ({policy}), "
+                                              f"last: {reason}")
+            self.why = f" (restart budget spent: {policy})"
+            return False
+        window.append(now)
+        delay = policy.delay_s(len(window))
+        log.warning("%s; restarting it in %.1f s (%d of %d within %.0f s)", reason, delay,
+                    len(window), policy.budget, policy.window_s)
+        self._event(stage, "restart", {"delay_s": delay, "reason": reason})
+        self.restart(stage.name, delay)
+        return True
 
-        ``on_exit(stage, rc)`` may return True to say the exit was handled (restarted).
-        """
+    def _end_alone(self, stage: StageProcess, why: str, gave_up: bool = False) -> bool:
+        """``stage`` ends for good; True while another stage that may end alone is left."""
+        stage.ended = why
+        self._event(stage, "ended", {"why": why, "gave_up": gave_up})
+        return any(not self.stages[n].ended for n in self.policy.alone if n in self.stages)
+
+    def run(self, tick: Callable[[], None] | None = None) -> dict[str, StageProcess]:
+        """Wait until every stage has exited 0 (or ended alone); a crash is handled by the
+        policy (:meth:`crashed`), else it fails the run with one line."""
         try:
             while True:
                 self._drain_control(200)
@@ -214,25 +302,30 @@ class Supervisor:
                     tick()
                 if not self.gate_open and all(s.ready is not None for s in self.stages.values()):
                     self._open_gate()
-                running = False
-                for stage in self.stages.values():
-                    if stage.restart_at is not None:
-                        running = self._start_due(stage) or running
-                        continue
-                    rc = stage.proc.poll()
-                    if rc is None:
-                        running = True
-                    elif rc != 0:
-                        self._drain_control(0)
-                        if on_exit is not None and on_exit(stage, rc):
-                            running = True
-                            continue
-                        raise StageError(self.failure(stage, rc))
-                if not running:
+                if not self._poll_stages():
                     self._drain_control(50)
                     return self.stages
         finally:
             self.stop()
+
+    def _poll_stages(self) -> bool:
+        """Start due restarts, handle exits; True while any stage runs or waits."""
+        running = False
+        for stage in self.stages.values():
+            if stage.ended:
+                continue
+            if stage.restart_at is not None:
+                running = self._start_due(stage) or running
+                continue
+            rc = stage.proc.poll()
+            if rc is None:
+                running = True
+            elif rc != 0:
+                self._drain_control(0)  # its error report
+                if not self.crashed(stage, rc):
+                    raise StageError(self.failure(stage, rc) + self.why)
+                running = True
+        return running
 
     def _open_gate(self) -> None:
         sock = self.ctx.socket(zmq.PUSH)
@@ -245,22 +338,42 @@ class Supervisor:
         self.gate_open = True
 
     def stop(self) -> None:
-        """SIGTERM every live stage (they finalise their outputs), then SIGKILL stragglers."""
+        """SIGTERM every stage (they finalise their outputs), then SIGKILL stragglers.
+
+        With ``drained`` (a live run) the sources stop first and the rest once the
+        frames they sent are written, so that the final counts add up.
+        """
         if self.stopped:
             return
         self.stopped = True
-        alive = [s.proc for s in self.stages.values() if s.proc and s.proc.poll() is None]
+        stopped = False
+        if self.drained is not None:
+            stopped = self._terminate([s for s in self.stages.values()
+                                       if s.name.startswith("source")])
+            deadline = time.monotonic() + DRAIN_S
+            while time.monotonic() < deadline:
+                self._drain_control(100)
+                if self.drained():
+                    break
+        if self._terminate(list(self.stages.values())) or stopped:
+            self._drain_control(200)  # the stages' final reports
+        self.control.close(linger=0)
+        self.ctx.term()
+
+    def _terminate(self, stages: list[StageProcess]) -> bool:
+        """SIGTERM the running ``stages``, wait for them (reading their reports), SIGKILL
+        those left after :data:`STOP_GRACE_S`; True if any was running."""
+        alive = [s.proc for s in stages if s.proc and s.proc.poll() is None]
         for proc in alive:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in alive:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            while proc.poll() is None and time.monotonic() < deadline:
+                self._drain_control(50)
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        self.control.close(linger=0)
-        self.ctx.term()
+        return bool(alive)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started_at

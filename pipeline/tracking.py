@@ -4,7 +4,8 @@ Faces are matched greedily, best IoU first, above a threshold. Each track keeps 
 (or a sliding window mean) of its probabilities, so that the shown label does not
 flicker from frame to frame; the label itself changes only when another class leads
 the shown one by ``hysteresis``. A face is *uncertain* when its smoothed top
-probability is below ``uncertain_threshold`` (weights metadata, default 0.4).
+probability is below ``uncertain_threshold`` (the weights' metadata, else
+:data:`gimefive.labels.UNCERTAIN_THRESHOLD`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gimefive.detector import box_iou
-
-DEFAULT_UNCERTAIN_THRESHOLD = 0.4
+from gimefive.labels import UNCERTAIN_THRESHOLD
 
 
 def match_boxes(new: np.ndarray, old: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
@@ -84,7 +84,7 @@ class IoUTracker:
 
     def __init__(self, min_iou: float = 0.3, max_age: int = 15, smoothing: str = "ema",
                  alpha: float = 0.35, window: int = 8, hysteresis: float = 0.1,
-                 uncertain_threshold: float = DEFAULT_UNCERTAIN_THRESHOLD) -> None:
+                 uncertain_threshold: float = UNCERTAIN_THRESHOLD) -> None:
         if smoothing not in ("ema", "window"):
             raise ValueError(f"smoothing must be ema or window, got {smoothing!r}")
         self.min_iou, self.max_age = min_iou, max_age

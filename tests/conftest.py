@@ -8,15 +8,37 @@ import numpy as np
 import pytest
 from procs import descendants
 
+from gimefive.dataset import WHERE, find_dataset
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "fer-gimefive"
 
 
 @pytest.fixture(scope="session")
 def fer_data() -> Path:
-    if not (SHARED_DATA / "train_labels.csv").is_file():
-        pytest.skip(f"real dataset not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The FER dataset, found as the package finds it; tests that need it skip without."""
+    root = find_dataset()
+    if root is None:
+        pytest.skip(f"real dataset not found ({WHERE})")
+    return root
+
+
+# ----------------------------------------------------------------------------- tiers
+# Two tiers: `python -m pytest -q -m "not integration"` is the fast one; CI runs both.
+# `integration` = starts processes or servers, or reads the dataset. A test gets it from
+# its module's `pytestmark` or its own mark, and automatically here when it is `slow`
+# (end to end) or uses one of these fixtures, directly or through another fixture: the
+# dataset, and the RTSP test servers of the files that start them. A new test that uses
+# them lands in the right tier without anyone remembering; one that starts a process
+# some other way is marked by hand.
+INTEGRATION_FIXTURES = frozenset({"fer_data", "server", "rtsp_server", "door_server",
+                                  "camera"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

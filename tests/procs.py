@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its reaper (one re-parented to init counts)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # ended
+    return state != "Z"
+
+
 def child_processes(parent: int) -> dict[int, list[str]]:
     """Live (non-zombie) direct children of ``parent``: pid -> argv."""
     found: dict[int, list[str]] = {}

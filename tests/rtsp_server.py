@@ -159,15 +159,21 @@ class RelayServer:
              str(self.source_port), "--client_listen_address", "127.0.0.1",
              "--source_listen_address", "127.0.0.1", "--rtp_start_port", str(free_port())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = threading.Event()
-        for _ in range(int(timeout * 10)):  # poll until it accepts connections
+        from waiting import wait_until  # test side only (the server side runs elsewhere)
+
+        def accepts() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.source_port), timeout=0.5):
-                    return self
+                    return True
             except OSError:
-                deadline.wait(0.1)
-        self.stop()
-        raise RuntimeError("rtsp-server-perl did not start")
+                return False
+
+        try:
+            wait_until(accepts, timeout, "rtsp-server-perl to accept connections", 0.1)
+        except AssertionError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

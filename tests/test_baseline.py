@@ -11,10 +11,10 @@ import cv2
 import pytest
 import torch
 from gimefive.pipeline.bench import bench_file, system_bench
+from gimefive.pipeline.bench.scenes import astronaut_face, make_scene_video
 
 from gimefive.checkpoint import save_weights
 from gimefive.model import GiMeFive
-from gimefive.synthetic import astronaut_face, make_scene_video
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = bench_file("paper_baseline.py")
@@ -37,6 +37,7 @@ def clip(tmp_path_factory) -> tuple[Path, dict]:
     return path, truth
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(hasattr(cv2, "CascadeClassifier"),
                     reason="this OpenCV still has the Haar cascade")
 def test_refuses_opencv_without_haar_cascade(clip, weights):
@@ -46,6 +47,7 @@ def test_refuses_opencv_without_haar_cascade(clip, weights):
     assert "no CascadeClassifier" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("script", [SCRIPT, WRAPPER], ids=["packaged", "wrapper"])
 def test_missing_video_is_one_line(weights, script):
     proc = subprocess.run([sys.executable, str(script), "nope.mp4", "--weights", str(weights)],
@@ -53,6 +55,7 @@ def test_missing_video_is_one_line(weights, script):
     assert proc.returncode == 2 and "video not found" in proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not VENV_PYTHON.is_file(),
                     reason="baseline venv absent (bash benchmarks/setup_baseline_venv.sh)")
 def test_baseline_runs_in_its_venv_and_bench_scores_it(clip, weights, tmp_path):

@@ -100,6 +100,7 @@ def test_pipeline_and_classify_in_one_run(tmp_path):
     assert (out / "classify.png").is_file() and (out / "pipeline_stages.png").is_file()
 
 
+@pytest.mark.integration
 def test_a_failing_pipeline_is_recorded_and_the_run_goes_on(tmp_path):
     result, out = run_bench(tmp_path, "--skip", "classify,baseline,scaling,detect",
                             "--no-warmup", "--backend", "nonsense")
@@ -165,6 +166,7 @@ def test_ratios():
     assert r["parallel_efficiency"] == 0.85
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
 def test_gpu_check_fails_early_and_clearly_without_a_gpu(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")],
@@ -174,6 +176,7 @@ def test_gpu_check_fails_early_and_clearly_without_a_gpu(tmp_path):
     assert "gpu_check:" in proc.stderr and "NVIDIA GPU" in proc.stderr
 
 
+@pytest.mark.integration
 def test_gpu_check_python_part_reports_environment_without_cuda(tmp_path):
     import torch
 
@@ -188,6 +191,7 @@ def test_gpu_check_python_part_reports_environment_without_cuda(tmp_path):
     assert "CPUExecutionProvider" in env["onnxruntime_providers"]
 
 
+@pytest.mark.integration
 def test_script_wrapper_is_the_cli_command():
     """`python benchmarks/system_bench.py` runs `gimefive bench` itself: one set of options,
     one help text, from any working directory."""
@@ -200,6 +204,7 @@ def test_script_wrapper_is_the_cli_command():
     assert "--classify-configs" in script.stdout and "Usage: gimefive bench" in script.stdout
 
 
+@pytest.mark.integration
 def test_script_wrapper_reports_bad_options_like_the_cli():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "system_bench.py"),
                            "--skip", "nonsense"], capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ from gimefive.pipeline import latency
 from gimefive.pipeline.config import AnnotateConfig
 from gimefive.pipeline.latency import RELATIVE_ERROR, LatencyHistogram
 from gimefive.pipeline.live_monitor import Monitor, MonitorConfig
-from gimefive.pipeline.live_source import LiveReader
+from gimefive.pipeline.live_source import RtspReader
 from gimefive.pipeline.stages import annotate
 from gimefive.pipeline.stages.annotate import AnnotateStage
 
@@ -38,12 +38,13 @@ def assert_close_to_numpy(got: float, values: np.ndarray, q: float) -> None:
 def test_annotate_latency_bookkeeping_is_bounded_for_a_million_frames(monkeypatch, tmp_path):
     values = known_latencies(MILLION)
     now = 1_800_000_000.0
-    monkeypatch.setattr(annotate, "time", types.SimpleNamespace(time=lambda: now))
+    monkeypatch.setattr(annotate, "time", types.SimpleNamespace(time=lambda: now,
+                                                                 monotonic=lambda: now))
     stage = AnnotateStage(AnnotateConfig(), json=str(tmp_path / "faces.jsonl"))
     stage.setup()
     stage.close()  # the sink is not under test: only the stage's own bookkeeping
     stage.sinks, stage.draw, stage.landmarks68 = [], False, None
-    msg = types.SimpleNamespace(boxes=(), t_decoded=0.0)
+    msg = types.SimpleNamespace(boxes=(), t_decoded=0.0, stream="0", index=0, extra={})
     decoded_at = (now - values).tolist()  # made before tracing: not the stage's memory
     size = len(stage.latency.counts)
     for i in range(MILLION - 100_000):
@@ -90,7 +91,7 @@ def test_histogram_edges():
 
 
 def test_reader_outage_history_is_bounded_and_counted():
-    reader = LiveReader("rtsp://127.0.0.1:1/cam", "cam")
+    reader = RtspReader("rtsp://127.0.0.1:1/cam", "cam")
     for _ in range(20_000):
         outage = reader._begin_outage("end of stream")
         reader._end_outage(outage)

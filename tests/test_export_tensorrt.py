@@ -17,8 +17,8 @@ from gimefive.export.tensorrt import (
     unsupported_operators,
 )
 from gimefive.export.tensorrt_ops import SUPPORTED, UNSUPPORTED
-from gimefive.export.testing import random_model
 from onnx import TensorProto, helper
+from stand_in import random_model
 
 from gimefive.backends import create_backend
 from gimefive.backends.trt_backend import TensorRTBackend

@@ -1,6 +1,6 @@
 """Hostile input on the wire: random multipart messages never crash a stage's receiver.
 
-Hypothesis throws random and half-valid multipart messages at :func:`pipeline.wire.decode`
+Hypothesis throws random and half-valid multipart messages at :func:`pipeline.messages.decode`
 as each stage's receiver sees them (its ``accepts`` types plus end-of-stream), then through
 real PUSH/PULL sockets into a :class:`Receiver` and into a running stage (track), checking
 that every bad message is counted and dropped, every good one delivered, nothing raised.
@@ -20,20 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from gimefive.pipeline import wire
-from gimefive.pipeline.wire import (
+from gimefive.pipeline import messages, transport
+from gimefive.pipeline.messages import (
     ClassifiedMsg,
-    CurveKeys,
     DetectionsMsg,
     EndOfStream,
     FrameMsg,
-    Receiver,
     TrackedMsg,
     WireError,
     decode,
-    open_socket,
-    private_ipc_dir,
 )
+from gimefive.pipeline.transport import CurveKeys, Receiver, open_socket, private_ipc_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,11 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def stage_inputs() -> dict[str, tuple]:
     """What each stage with an input accepts (plus end-of-stream, as the runner adds)."""
-    from gimefive.pipeline.live_stages import LiveAnnotateStage
     from gimefive.pipeline.stages import STAGES, stage_class
 
-    found = {name: stage_class(name).accepts for name in STAGES}
-    found["live-annotate"] = LiveAnnotateStage.accepts
+    found = {name: stage_class(name).accepts for name in STAGES}  # live runs included
     return {n: (*a, EndOfStream) for n, a in found.items() if a is not None}
 
 
@@ -77,7 +72,7 @@ def valid_messages() -> list:
 
 
 def _classified_arrays(k: int) -> dict:
-    """The classify hop's extra arrays other than probs/cam (named as wire.py names them)."""
+    """The classify hop's extra arrays other than probs/cam (named as messages.py names them)."""
     out = {}
     for name, (dtype, shape, optional) in ClassifiedMsg.ARRAYS.items():
         if name in DetectionsMsg.ARRAYS or name in ("probs", "cam") or optional:
@@ -114,7 +109,7 @@ def mutated_valid(draw):
     elif how == "schema":
         header["schema"] = draw(json_values)
     elif how == "kind":
-        header["kind"] = draw(st.one_of(json_values, st.sampled_from(list(wire.MESSAGE_TYPES))))
+        header["kind"] = draw(st.one_of(json_values, st.sampled_from(list(messages.MESSAGE_TYPES))))
     elif how in ("dtype", "shape", "array_name") and header["arrays"]:
         i = draw(st.integers(0, len(header["arrays"]) - 1))
         key = {"dtype": "dtype", "shape": "shape", "array_name": "name"}[how]
@@ -234,7 +229,7 @@ def test_any_exception_from_a_message_is_a_wire_error(monkeypatch):
                 RecursionError("deep"), OverflowError("big"), IndexError("i")):
         def boom(*args, exc=exc):
             raise exc
-        monkeypatch.setattr(wire, "_parse_header", boom)
+        monkeypatch.setattr(messages, "_parse_header", boom)
         with pytest.raises(WireError, match=type(exc).__name__):
             decode(parts_of(valid_messages()[2]))
 
@@ -270,7 +265,7 @@ def test_running_stage_counts_garbage_and_keeps_going():
 
         reader = threading.Thread(target=next_stage)
         reader.start()
-        config = AnnotateConfig(streams=1)
+        config = AnnotateConfig()
         runner = StageRunner(TrackStage(config), in_ep, out_ep)
         push = open_socket(ctx, zmq.PUSH, in_ep, bind=False, hwm=100)
 
@@ -430,9 +425,9 @@ def test_oversize_parts_are_dropped_by_zeromq(ctx, monkeypatch):
     with private_ipc_dir() as d:
         endpoint = f"ipc://{d}/big.sock"
         default = open_socket(ctx, zmq.PULL, f"ipc://{d}/default.sock", bind=True)
-        assert default.getsockopt(zmq.MAXMSGSIZE) == wire.MAX_FRAME_BYTES
+        assert default.getsockopt(zmq.MAXMSGSIZE) == messages.MAX_FRAME_BYTES
         default.close(0)
-        monkeypatch.setattr(wire, "MAX_FRAME_BYTES", 4096)
+        monkeypatch.setattr(transport, "MAX_FRAME_BYTES", 4096)  # what open_socket reads
         pull = open_socket(ctx, zmq.PULL, endpoint, bind=True)
         push = open_socket(ctx, zmq.PUSH, endpoint, bind=False)
         receiver = Receiver(pull)

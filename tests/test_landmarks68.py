@@ -48,6 +48,7 @@ def test_points_lie_on_the_face_and_match_the_detector(astronaut_bgr):
     assert np.abs(eyes - five[:2]).max() < 0.08 * (x2 - x1), (eyes, five[:2])
 
 
+@pytest.mark.integration
 @NEEDS_EXTRA
 def test_annotate_writes_68_points_per_face(tmp_path, clip, weights, capsys):  # noqa: F811
     jsonl = tmp_path / "faces.jsonl"

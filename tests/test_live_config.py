@@ -9,7 +9,7 @@ from gimefive.pipeline.live_monitor import (
     load_monitor_config,
     parse_sources,
 )
-from gimefive.pipeline.live_stages import stream_output
+from gimefive.pipeline.segments import stream_output
 
 from gimefive.errors import GimefiveError
 
@@ -23,7 +23,7 @@ def test_sources_get_ids_or_keep_given_ones():
 
 @pytest.mark.parametrize("specs,message", [
     ([], "no source"), (["a=rtsp://x", "a=rtsp://y"], "given twice"),
-    (["bad id!=rtsp://x"], "use letters, digits")])
+    (["bad id!=rtsp://x"], "use 1 to 64 letters, digits")])
 def test_bad_sources(specs, message):
     with pytest.raises(GimefiveError, match=message):
         parse_sources(specs)
@@ -37,7 +37,7 @@ def test_config_file_lists_cameras_and_flags_override(tmp_path):
     assert cfg.sources == ["door=rtsp://127.0.0.1:8554/door", "rtsp://127.0.0.1:8554/hall"]
     assert cfg.stall_timeout_s == 3.0 and cfg.status_every_s == 5.0
     options = cfg.live_options()
-    assert options["max_reconnects"] is None and options["transport"] == "tcp"
+    assert options["max_reconnects"] == -1 and options["transport"] == "tcp"  # -1: never
 
 
 def test_shipped_defaults_load():
@@ -46,7 +46,7 @@ def test_shipped_defaults_load():
 
 
 @pytest.mark.parametrize("bad", [dict(transport="http"), dict(max_reconnects=-2),
-                                 dict(status_every_s=0), dict(hwm=0)])
+                                 dict(status_every_s=0), dict(segment_s=0)])
 def test_bad_monitor_config(bad):
     with pytest.raises(GimefiveError, match="monitor config"):
         MonitorConfig(**bad)

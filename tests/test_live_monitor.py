@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from procs import child_processes
 from rtsp_server import RtspServer, free_port, server_unavailable_reason
+from waiting import wait_until
 
 from gimefive.cli import main
 
@@ -138,9 +139,9 @@ def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bg
 
     try:
         deadline = time.monotonic() + 240  # generous: CI machines may be loaded
-        while written() < 20 and time.monotonic() < deadline and monitor.poll() is None:
-            waiter.wait(0.5)
-        assert written() >= 20, "".join(stderr[-20:])
+        tail = lambda: "".join(stderr[-20:])  # noqa: E731
+        wait_until(lambda: written() >= 20, deadline - time.monotonic(), "20 JSON records",
+                   0.5, alive=lambda: monitor.poll() is None, context=tail)
         server.stop()                        # outage 1: the server goes away for 3 s
         waiter.wait(3.0)
         server.start()
@@ -149,15 +150,13 @@ def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bg
         # counting every record would move on before cam0 is back (this test's earlier
         # flakiness on idle machines)
         before = written("cam0")
-        while written("cam0") <= before + 10 and time.monotonic() < deadline:
-            waiter.wait(0.5)
-        assert written("cam0") > before + 10, "".join(stderr[-20:])
+        wait_until(lambda: written("cam0") > before + 10, deadline - time.monotonic(),
+                   "cam0 back after the outage", 0.5, context=tail)
         pids = stage_pids(monitor.pid)
         os.kill(pids["detect"], signal.SIGKILL)  # a crashed stage
         before = written("cam0")
-        while written("cam0") <= before + 20 and time.monotonic() < deadline:
-            waiter.wait(0.5)
-        assert written("cam0") > before + 20, "".join(stderr[-20:])
+        wait_until(lambda: written("cam0") > before + 20, deadline - time.monotonic(),
+                   "cam0 going on after detect was killed", 0.5, context=tail)
     finally:
         monitor.send_signal(signal.SIGINT)   # Ctrl-C finalises what is written
         rc = monitor.wait(60)
@@ -220,18 +219,24 @@ def test_monitor_pushes_annotated_stream_to_rtsp(tmp_path, weights, astronaut_bg
              str(clip), "-o", relay.publish_url, "--json", str(tmp_path / "f.jsonl"),
              "--weights", str(weights), "--backend", "torch", "-q"],
             stderr=subprocess.PIPE, text=True)
+        got = []
+
+        def read_back() -> list:
+            try:
+                with av.open(relay.read_url, options={"rtsp_transport": "udp"},
+                             timeout=(5, 5)) as c:
+                    for frame in c.decode(video=0):
+                        got.append(frame.to_ndarray(format="bgr24"))
+                        if len(got) == 5:
+                            break
+            except av.error.FFmpegError:  # not published yet: the pipeline is starting
+                pass
+            return got
+
         try:
-            got, deadline, waiter = [], time.monotonic() + 90, threading.Event()
-            while not got and time.monotonic() < deadline and monitor.poll() is None:
-                try:
-                    with av.open(relay.read_url, options={"rtsp_transport": "udp"},
-                                 timeout=(5, 5)) as c:
-                        for frame in c.decode(video=0):
-                            got.append(frame.to_ndarray(format="bgr24"))
-                            if len(got) == 5:
-                                break
-                except av.error.FFmpegError:  # not published yet: the pipeline is starting
-                    waiter.wait(1.0)
+            # a monitor that ended early is reported below, with its stderr
+            wait_until(lambda: read_back() or monitor.poll() is not None, 90,
+                       "frames read back from the relay", 1.0)
         finally:
             monitor.send_signal(signal.SIGINT)
             rc = monitor.wait(60)

@@ -8,6 +8,7 @@ import errno
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import av
@@ -15,21 +16,26 @@ import numpy as np
 import pytest
 from gimefive.pipeline.config import AnnotateConfig
 from gimefive.pipeline.live_monitor import Monitor, MonitorConfig
+from gimefive.pipeline.stages.source import RESTART_INDEX_GAP
 from gimefive.pipeline.supervisor import (
+    RestartPolicy,
     StageProcess,
     Supervisor,
     restart_cannot_fix,
 )
 
-from gimefive.errors import GimefiveError
+from gimefive.errors import GimefiveError, StageError
 
 
-class StubSupervisor:
-    """Records restarts instead of starting processes."""
+class RecordingSupervisor(Supervisor):
+    """The one supervisor with the monitor's policy; records restarts instead of
+    starting processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, tmp_path: Path, m: Monitor, names: list[str]) -> None:
+        super().__init__([StageProcess(n, []) for n in names],
+                         f"ipc://{tmp_path}/control.sock", tmp_path, on_event=m.on_event,
+                         policy=m.policy())
         self.restarted: list[tuple[str, float]] = []
-        self.stages: dict[str, StageProcess] = {}
 
     def failure(self, stage: StageProcess, rc: int) -> str:
         return f"stage {stage.name} failed: boom (exited with status {rc})"
@@ -38,41 +44,73 @@ class StubSupervisor:
         self.restarted.append((name, delay_s))
 
 
-def monitor(tmp_path, **cfg) -> Monitor:
-    m = Monitor({"cam0": "a.mp4", "cam1": "b.mp4"},
-                MonitorConfig(restart_window_s=600, **cfg), AnnotateConfig(), quiet=True)
-    m.supervisor, m.budget_spent, m.directory = StubSupervisor(), "", tmp_path
-    m.endpoints = {n: f"ipc://{tmp_path}/{n}.sock"
-                   for n in ("detect", "classify", "track", "annotate")}
-    return m
+@pytest.fixture
+def supervised(tmp_path):
+    """``supervised(**cfg)``: a monitor and its supervisor over two cameras and detect."""
+    made: list[Supervisor] = []
+
+    def make(**cfg) -> tuple[Monitor, RecordingSupervisor]:
+        m = Monitor({"cam0": "a.mp4", "cam1": "b.mp4"},
+                    MonitorConfig(restart_window_s=600, **cfg), AnnotateConfig(), quiet=True)
+        m.directory = tmp_path
+        m.endpoints = {n: f"ipc://{tmp_path}/{n}.sock"
+                       for n in ("detect", "classify", "track", "annotate")}
+        m.supervisor = RecordingSupervisor(
+            tmp_path, m, ["source-cam0", "source-cam1", "detect", "annotate"])
+        made.append(m.supervisor)
+        return m, m.supervisor
+
+    yield make
+    for sup in made:
+        for stage in sup.stages.values():
+            stage.proc = None  # the stand-ins of exits() are no processes to stop
+        sup.stop()
 
 
-def test_restarts_back_off_exponentially_up_to_a_cap(tmp_path):
-    m = monitor(tmp_path, restart_budget=5, restart_backoff_s=0.5, restart_backoff_max_s=3)
-    detect = StageProcess("detect", [])
-    assert all(m.on_exit(detect, 3) for _ in range(5))
-    assert m.supervisor.restarted == [("detect", d) for d in (0.5, 1.0, 2.0, 3.0, 3.0)]
+def exits(rc: int | None) -> types.SimpleNamespace:
+    """A stand-in process whose poll() says it exited with ``rc`` (None: running)."""
+    return types.SimpleNamespace(poll=lambda: rc, pid=0)
 
 
-def test_a_shared_stage_past_its_budget_ends_the_run(tmp_path):
-    m = monitor(tmp_path, restart_budget=2)
-    detect = StageProcess("detect", [])
-    assert m.on_exit(detect, 3) and m.on_exit(detect, 3)
-    assert not m.on_exit(detect, 3)
-    assert m._failure_line("stage detect failed: boom") == (
-        "stage detect failed: boom (restart budget spent: 2 restarts within 600 s)")
+def test_restarts_back_off_exponentially_up_to_a_cap(supervised):
+    m, sup = supervised(restart_budget=5, restart_backoff_s=0.5, restart_backoff_max_s=3)
+    detect = sup.stages["detect"]
+    assert all(sup.crashed(detect, 3) for _ in range(5))
+    assert sup.restarted == [("detect", d) for d in (0.5, 1.0, 2.0, 3.0, 3.0)]
 
 
-def test_a_camera_past_its_budget_ends_alone(tmp_path):
-    m = monitor(tmp_path, restart_budget=1)
-    cam0, cam1 = StageProcess("source-cam0", []), StageProcess("source-cam1", [])
-    assert m.on_exit(cam0, 3)           # restarted once
-    assert m.on_exit(cam0, 3)           # budget spent: only this camera ends ...
+def test_a_restarted_camera_numbers_its_frames_past_what_it_sent(supervised):
+    m, sup = supervised(restart_budget=5)
+    m.source_live["cam0"] = {"decoded": 40}
+    assert sup.crashed(sup.stages["source-cam0"], 3)
+    assert m.index_from["cam0"] == 40 + RESTART_INDEX_GAP
+    assert sup.stages["source-cam0"].args == m._args("source-cam0", m.endpoints)
+
+
+def test_a_shared_stage_past_its_budget_ends_the_run(supervised):
+    m, sup = supervised(restart_budget=2)
+    detect = sup.stages["detect"]
+    assert sup.crashed(detect, 3) and sup.crashed(detect, 3)
+    for stage in sup.stages.values():
+        stage.proc = exits(3 if stage is detect else None)
+    with pytest.raises(StageError) as info:
+        sup._poll_stages()
+    assert str(info.value) == ("stage detect failed: boom (exited with status 3) "
+                               "(restart budget spent: 2 restarts within 600 s)")
+
+
+def test_a_camera_past_its_budget_ends_alone(supervised):
+    m, sup = supervised(restart_budget=1)
+    cam0, cam1 = sup.stages["source-cam0"], sup.stages["source-cam1"]
+    assert sup.crashed(cam0, 3)           # restarted once
+    assert sup.crashed(cam0, 3)           # budget spent: only this camera ends ...
     assert "source-cam0" in m.ended and m.status()["streams"]["cam0"]["ended"]
-    assert m.on_exit(cam0, 3)           # ... and stays ended, not restarted again
-    assert m.supervisor.restarted == [("source-cam0", 0.5)]
-    assert m.on_exit(cam1, 3)
-    assert not m.on_exit(cam1, 3)       # no camera left: the run ends
+    for stage in sup.stages.values():
+        stage.proc = exits(3 if stage is cam0 else None)
+    assert sup._poll_stages()             # ... and stays ended, not restarted again
+    assert sup.restarted == [("source-cam0", 0.5)]
+    assert sup.crashed(cam1, 3)
+    assert not sup.crashed(cam1, 3)       # no camera left: the run ends
     assert m._failure_line("x") == (
         "no camera left: camera cam0 ended: restart budget spent (1 restarts within 600 s), "
         "last: stage source-cam0 failed: boom (exited with status 3); camera cam1 ended: "
@@ -80,14 +118,44 @@ def test_a_camera_past_its_budget_ends_alone(tmp_path):
         "boom (exited with status 3)")
 
 
-def test_a_stage_restarting_cannot_fix_is_not_restarted(tmp_path):
+def test_a_camera_that_gave_up_ends_alone_once(supervised):
+    m, sup = supervised(restart_budget=5)
+    cam0 = sup.stages["source-cam0"]
+    from gimefive.pipeline.supervisor import EXIT_GAVE_UP
+
+    cam0.error = "camera cam0 gave up after 3 reconnect attempt(s): Connection refused"
+    assert sup.crashed(cam0, EXIT_GAVE_UP) and sup.restarted == []
+    assert m.ended == {"source-cam0": cam0.error}
+
+
+def test_the_words_gave_up_in_an_error_do_not_end_a_camera(supervised):
+    # only the exit status says a camera is given up; any other failure is restarted
+    m, sup = supervised(restart_budget=5)
+    cam0 = sup.stages["source-cam0"]
+    cam0.error = "decoder said: peer gave up"
+    assert sup.crashed(cam0, 3) and sup.restarted == [("source-cam0", 0.5)]
+    assert m.ended == {}
+
+
+def test_a_stage_restarting_cannot_fix_is_not_restarted(supervised):
     from gimefive.pipeline.supervisor import EXIT_NO_RESTART
 
-    m = monitor(tmp_path, restart_budget=5)
-    assert not m.on_exit(StageProcess("annotate", []), EXIT_NO_RESTART)
-    assert m.supervisor.restarted == []
-    assert m._failure_line("stage annotate failed: disk full") == (
-        "stage annotate failed: disk full; not restarted: restarting cannot fix this")
+    m, sup = supervised(restart_budget=5)
+    assert not sup.crashed(sup.stages["annotate"], EXIT_NO_RESTART)
+    assert sup.restarted == []
+    assert sup.why == "; not restarted: restarting cannot fix this"
+
+
+def test_a_file_job_ends_at_the_first_crash(tmp_path):
+    sup = Supervisor([StageProcess("detect", [])], f"ipc://{tmp_path}/control.sock", tmp_path)
+    try:
+        sup.stages["detect"].proc = exits(3)
+        with pytest.raises(StageError) as info:
+            sup._poll_stages()
+    finally:
+        sup.stages["detect"].proc = None
+        sup.stop()
+    assert str(info.value) == "stage detect failed: exited with status 3"
 
 
 def test_which_errors_restarting_cannot_fix():
@@ -114,9 +182,9 @@ def test_bad_restart_and_retention_settings(bad):
 class CrashingSupervisor(Supervisor):
     """Real processes that exit 3 at once; records when each one was started."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **kwargs) -> None:
         super().__init__([StageProcess("crash", [])], f"ipc://{tmp_path}/control.sock",
-                         tmp_path)
+                         tmp_path, **kwargs)
         self.started: list[float] = []
 
     def command(self, stage: StageProcess) -> list[str]:
@@ -127,23 +195,20 @@ class CrashingSupervisor(Supervisor):
         super().start(stage)
 
 
+@pytest.mark.integration
 def test_supervisor_waits_out_the_backoff_without_blocking(tmp_path):
-    from gimefive.errors import StageError
-
-    sup = CrashingSupervisor(tmp_path)
-    delays = [0.3, 0.6]
     ticks, scheduled = [], []
 
-    def on_exit(stage: StageProcess, rc: int) -> bool:
-        if stage.restarts < len(delays):
+    def on_event(stage: StageProcess, event: str, data: dict) -> None:
+        if event == "restart":
             scheduled.append(time.monotonic())
-            sup.restart(stage.name, delays[stage.restarts])
-            return True
-        return False
 
+    sup = CrashingSupervisor(tmp_path, on_event=on_event, policy=RestartPolicy(
+        budget=2, backoff_s=0.3, backoff_max_s=0.6))
+    delays = [0.3, 0.6]
     sup.start_all()
-    with pytest.raises(StageError, match="stage crash failed"):
-        sup.run(on_exit=on_exit, tick=lambda: ticks.append(time.monotonic()))
+    with pytest.raises(StageError, match="stage crash failed.*restart budget spent"):
+        sup.run(tick=lambda: ticks.append(time.monotonic()))
     assert len(sup.started) == 3
     gaps = [b - a for a, b in zip(sup.started, sup.started[1:], strict=False)]
     assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=True)), gaps
@@ -217,15 +282,19 @@ def test_bad_keep_options_are_one_line(capsys, args, expected):
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"Error: {expected}"
 
 
-def test_retention_reaches_the_segment_writer(tmp_path):
-    from gimefive.pipeline.live_stage_main import parse_args
-    from gimefive.pipeline.live_stages import LiveAnnotateStage
+def test_retention_reaches_the_segment_writer(supervised, tmp_path):
+    from gimefive.pipeline.cli import stage_command
+    from gimefive.pipeline.segments import SegmentsSink
+    from gimefive.pipeline.stages.annotate import AnnotateStage
 
-    m = monitor(tmp_path, out=str(tmp_path / "cam.mp4"), keep_age_s=3600, keep_bytes=2**30)
-    args = parse_args(m._args("annotate", m.endpoints))
-    assert (args.keep_age_s, args.keep_bytes) == (3600, 2**30)
-    stage = LiveAnnotateStage(AnnotateConfig(), output=str(tmp_path / "cam.mp4"),
-                              streams=["cam0"], keep_age_s=args.keep_age_s,
-                              keep_bytes=args.keep_bytes)
-    (video,) = [s for s in stage.make_sinks() if hasattr(s, "keep")]
-    assert video.keep == {"keep_age_s": 3600.0, "keep_bytes": 2**30}
+    m, _ = supervised(out=str(tmp_path / "cam.mp4"), keep_age_s=3600, keep_bytes=2**30)
+    # the options the monitor gives `gimefive stage annotate`, as that command reads them
+    args = stage_command.make_context(
+        "stage", ["annotate", *m._args("annotate", m.endpoints)]).params
+    assert args["live_out"] and (args["keep_age_s"], args["keep_bytes"]) == (3600, 2**30)
+    stage = AnnotateStage(AnnotateConfig(), live=True, output=str(tmp_path / "cam.mp4"),
+                          streams=["cam0"], keep_age_s=args["keep_age_s"],
+                          keep_bytes=args["keep_bytes"])
+    (video,) = stage.make_sinks()
+    assert isinstance(video, SegmentsSink)
+    assert (video.options["keep_age_s"], video.options["keep_bytes"]) == (3600.0, 2**30)

@@ -1,4 +1,5 @@
-"""The live source without a server: drop-oldest queue, backoff, giving up, stopping, files."""
+"""The live readers without a server: drop-oldest queue, backoff, giving up, stopping, files
+played as cameras (each behind the source stage's FrameFeed, as the stage runs them)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,9 @@ import time
 import av
 import numpy as np
 import pytest
-from gimefive.pipeline.live_source import (
-    DropOldestQueue,
-    LiveOptions,
-    LiveReader,
-    LiveSource,
-    LiveSourceError,
-)
+from gimefive.pipeline.live_source import LiveOptions, LiveSourceError, RtspReader
+from gimefive.pipeline.readers import open_reader
+from gimefive.pipeline.stages.source import FrameFeed, FrameQueue
 from rtsp_server import free_port
 
 from gimefive.errors import GimefiveError
@@ -32,7 +29,7 @@ def write_clip(path, frames=10, fps=25, size=(32, 24)):
 
 
 def test_drop_oldest_queue_keeps_newest_and_counts():
-    q = DropOldestQueue(3)
+    q = FrameQueue(3, "drop_oldest")
     for i in range(10):
         q.put(i)
     assert q.dropped == 7 and len(q) == 3
@@ -48,7 +45,7 @@ def test_backoff_doubles_and_is_capped():
 
 
 @pytest.mark.parametrize("bad", [dict(transport="http"), dict(stall_timeout_s=0),
-                                 dict(max_reconnects=-1), dict(queue_size=0)])
+                                 dict(max_reconnects=-2), dict(queue_size=0)])
 def test_options_reject_bad_values(bad):
     with pytest.raises(GimefiveError):
         LiveOptions(**bad)
@@ -56,7 +53,7 @@ def test_options_reject_bad_values(bad):
 
 def test_gives_up_after_max_reconnects():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"  # connection refused every time
-    reader = LiveReader(url, "cam", LiveOptions(max_reconnects=2, backoff_initial_s=0.01,
+    reader = RtspReader(url, "cam", LiveOptions(max_reconnects=2, backoff_initial_s=0.01,
                                                 backoff_max_s=0.02))
     with pytest.raises(LiveSourceError) as error:
         list(reader)
@@ -67,7 +64,8 @@ def test_gives_up_after_max_reconnects():
 
 def test_stop_interrupts_backoff_promptly():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
-    source = LiveSource(url, "cam", LiveOptions(backoff_initial_s=30, backoff_max_s=30)).start()
+    source = FrameFeed(RtspReader(url, "cam", LiveOptions(backoff_initial_s=30,
+                                                          backoff_max_s=30))).start()
     assert source.get(timeout=0.3) is None  # first attempt refused, now in a 30 s backoff
     start = time.monotonic()
     source.stop()
@@ -77,7 +75,8 @@ def test_stop_interrupts_backoff_promptly():
 
 def test_looping_file_is_paced_and_numbered_continuously(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames=10, fps=25)
-    source = LiveSource(str(clip), "file", LiveOptions(queue_size=50)).start()
+    source = FrameFeed(open_reader(str(clip), "loop", "file",
+                                   LiveOptions(queue_size=50))).start()
     start = time.monotonic()
     frames = []
     while len(frames) < 25:
@@ -94,7 +93,8 @@ def test_looping_file_is_paced_and_numbered_continuously(tmp_path):
 
 def test_slow_consumer_gets_newest_frames_and_drops_are_counted(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames=50, fps=50)
-    source = LiveSource(str(clip), "file", LiveOptions(queue_size=2, loop_files=False))
+    source = FrameFeed(open_reader(str(clip), "loop", "file",
+                                   LiveOptions(queue_size=2, loop_files=False)))
     source.start()
     got = []
     done = threading.Event()

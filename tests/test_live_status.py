@@ -8,36 +8,63 @@ the whole outage; and the last frame's latency was repeated while nothing was wr
 
 from __future__ import annotations
 
-import copy
+import threading
+import time
 import types
 
-from gimefive.pipeline import live_stages
+import zmq
 from gimefive.pipeline.config import AnnotateConfig
+from gimefive.pipeline.control import parse_control
 from gimefive.pipeline.live_monitor import Monitor, MonitorConfig
-from gimefive.pipeline.live_stages import REPORT_EVERY_S, LiveAnnotateStage
+from gimefive.pipeline.messages import EndOfStream
+from gimefive.pipeline.stage import StageRunner
+from gimefive.pipeline.stages.annotate import AnnotateStage
+from gimefive.pipeline.transport import ipc_endpoint, open_socket
+from waiting import wait_until
 
 
-def test_live_sink_reports_while_no_frame_comes(monkeypatch, tmp_path):
-    clock = [1000.0]
-    monkeypatch.setattr(live_stages, "time", types.SimpleNamespace(
-        monotonic=lambda: clock[0], time=lambda: 5000.0))
-    stage = LiveAnnotateStage(AnnotateConfig(), json=str(tmp_path / "f.jsonl"),
-                              streams=["door"])
-    stage.setup()
-    stage.close()  # the sink is not under test
-    stage.sinks, stage.draw = [], False
-    reports: list[dict] = []
-    stage.report = lambda event, **data: reports.append(copy.deepcopy(data))
-    for i in range(3):  # three frames within a second: one report (the first)
-        stage.process(types.SimpleNamespace(boxes=(), t_decoded=4999.9, stream="door",
-                                            index=i, extra={}))
-    assert reports[-1]["streams"]["door"]["written"] == 1
-    # then the camera goes down: the runner waits at most wait_ms, then calls flush
-    wait = stage.wait_ms()
-    assert wait is not None and 0 <= wait <= 1000 * REPORT_EVERY_S
-    clock[0] += wait / 1000
-    assert list(stage.flush()) == []
-    assert reports[-1]["streams"]["door"]["written"] == 3  # not stuck at 1
+def test_live_counters_are_reported_while_no_frame_comes(tmp_path):
+    """The runner asks the stage's ``live_stats`` hook once a second, also while its
+    input is silent (every camera in an outage): the frames written just before the
+    outage are reported, not left "in flight"."""
+    stage = AnnotateStage(AnnotateConfig(), live=True, json=str(tmp_path / "f.jsonl"),
+                          streams=["door"])
+    ctx = zmq.Context()
+    control = open_socket(ctx, zmq.PULL, ipc_endpoint(tmp_path, "control"), bind=True,
+                          hwm=100)
+    feed = ctx.socket(zmq.PUSH)
+    runner = StageRunner(stage, ipc_endpoint(tmp_path, "in"), None,
+                         ipc_endpoint(tmp_path, "control"), ends=1)
+    try:
+        stage.setup()
+        stage.close()  # the sink is not under test
+        stage.sinks, stage.draw, stage.landmarks68 = [], False, None
+        for i in range(3):  # three frames written, then nothing comes
+            stage.process(types.SimpleNamespace(boxes=(), t_decoded=time.time(),
+                                                stream="door", index=i, extra={}))
+        worker = threading.Thread(target=runner._run_filter, daemon=True)
+        worker.start()
+        written = []
+
+        def two_reports() -> bool:
+            if control.poll(200):
+                msg = parse_control(control.recv())
+                if msg["event"] == "live":
+                    written.append(msg["data"]["streams"]["door"]["written"])
+            return len(written) >= 2
+
+        wait_until(two_reports, 10, "two live reports", interval_s=0)
+        assert written == [3, 3]  # two reports, a second apart, with no frame in between
+        feed.connect(ipc_endpoint(tmp_path, "in"))  # end the stream: the loop returns
+        feed.send_multipart(EndOfStream(stream="door", frames=0).encode())
+        worker.join(10)
+        assert not worker.is_alive()
+    finally:
+        stage.close()
+        runner.close()
+        feed.close(0)
+        control.close(0)
+        ctx.term()
 
 
 def test_status_shows_no_latency_when_nothing_was_written(monkeypatch):

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import av
@@ -23,6 +22,7 @@ import cv2
 import pytest
 from rtsp_server import RtspServer, server_unavailable_reason
 from test_live_monitor import weights  # noqa: F401 - the module's fixture, reused
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 GAVE_UP = "camera door gave up after"
@@ -43,7 +43,6 @@ class MonitorRun:
         self.reader = threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr),
                                        daemon=True)
         self.reader.start()
-        self.waiter = threading.Event()
 
     def records(self, stream: str) -> int:
         if not self.jsonl.exists():
@@ -57,11 +56,11 @@ class MonitorRun:
         return [json.loads(line) for line in self.status_path.read_text().splitlines()
                 if line.endswith("}")]
 
-    def wait_for(self, condition, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not condition() and time.monotonic() < deadline and self.proc.poll() is None:
-            self.waiter.wait(0.3)
-        return condition()
+    def wait_for(self, condition, seconds: float, what: str):
+        """``condition``'s value once truthy; fails with the stderr's tail if the run ends
+        first or ``seconds`` pass."""
+        return wait_until(condition, seconds, what, 0.3,
+                          alive=lambda: self.proc.poll() is None, context=self.tail)
 
     def tail(self) -> str:
         return "".join(self.stderr[-25:])
@@ -92,7 +91,7 @@ def test_last_camera_given_up_ends_the_run(tmp_path, weights, door_server):  # n
     run = MonitorRun(tmp_path, weights, "-s", f"door={door_server.url}",
                      "--max-reconnects", "6")
     try:
-        assert run.wait_for(lambda: run.records("door") >= 5, 240), run.tail()
+        run.wait_for(lambda: run.records("door") >= 5, 240, "5 door records")
         door_server.stop()                     # the camera is gone for good
         try:
             rc = run.proc.wait(60)             # 6 backoffs (~5 s) + the ordered stop
@@ -142,18 +141,19 @@ def test_one_camera_given_up_the_other_goes_on(tmp_path, weights, door_server,  
     run = MonitorRun(tmp_path, weights, "-s", f"door={door_server.url}", "-s", f"hall={clip}",
                      "--max-reconnects", "1")
     try:
-        assert run.wait_for(lambda: run.records("door") >= 5 and run.records("hall") >= 5,
-                            240), run.tail()
+        run.wait_for(lambda: run.records("door") >= 5 and run.records("hall") >= 5, 240,
+                     "5 records of each camera")
         door_server.stop()
-        assert run.wait_for(lambda: any(GAVE_UP in line for line in run.stderr), 60), \
-            run.tail()
+        run.wait_for(lambda: any(GAVE_UP in line for line in run.stderr), 60,
+                     "the give-up line")
 
         def ended_seen() -> bool:
             return any(r["streams"]["door"]["ended"] for r in run.status())
 
-        assert run.wait_for(ended_seen, 30), run.tail()
+        run.wait_for(ended_seen, 30, "door ended in the status")
         hall_then = run.records("hall")
-        assert run.wait_for(lambda: run.records("hall") >= hall_then + 10, 60), run.tail()
+        run.wait_for(lambda: run.records("hall") >= hall_then + 10, 60,
+                     "10 more hall records")
         assert run.proc.poll() is None, run.tail()  # one camera left: the run goes on
         assert any("door [ENDED]" in line for line in run.stderr), run.tail()
     finally:

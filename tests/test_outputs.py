@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tracemalloc
 from fractions import Fraction
 from pathlib import Path
@@ -18,11 +17,13 @@ import av
 import numpy as np
 import pytest
 from gimefive.pipeline.config import AnnotateConfig
+from gimefive.pipeline.messages import TrackedMsg
+from gimefive.pipeline.readers import Frame
 from gimefive.pipeline.sinks import CamNpzSink, VideoFileSink
 from gimefive.pipeline.stages.source import SourceStage
-from gimefive.pipeline.wire import TrackedMsg
 from procs import child_processes
 from test_probe import write_video
+from waiting import wait_until
 
 from gimefive.cli import main
 
@@ -92,8 +93,8 @@ def test_source_fills_missing_pts_without_colliding(tmp_path):
     stage = SourceStage(AnnotateConfig(), input=str(write_video(tmp_path / "v.mp4")))
     stage.setup()
     try:
-        out = [stage.process((pts, np.zeros((4, 4, 3), np.uint8))) [0]
-               for pts in (0, 5 * 512, None, 512, None)]
+        out = [stage.process(Frame(i, pts, np.zeros((4, 4, 3), np.uint8)))[0]
+               for i, pts in enumerate((0, 5 * 512, None, 512, None))]
     finally:
         stage.close()
     pts = [m.pts for m in out]
@@ -200,10 +201,11 @@ def test_a_failed_run_keeps_the_earlier_outputs_and_leaves_no_partial_file(tmp_p
                     str(folder / "f.jsonl"), "--cam-npz", str(folder / "c.npz"), "--weights",
                     str(weights), "--backend", "torch", "--force", "-q")
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and set(os.listdir(folder)) == set(old) and all(
-                (folder / n).read_bytes() == d for n, d in old.items()):
-            time.sleep(0.05)  # until the annotate stage has opened its JSON output
+        def outputs_opened() -> bool:  # by the annotate stage: a new name or new bytes
+            return set(os.listdir(folder)) != set(old) or any(
+                (folder / n).read_bytes() != d for n, d in old.items())
+
+        wait_until(outputs_opened, 90, "the annotate stage to open its outputs")
         victim = next((p for p, argv in child_processes(proc.pid).items()
                        if "stage_main detect" in " ".join(argv)), None)
         assert victim is not None, "the detect stage is not running"

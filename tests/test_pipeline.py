@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import pytest
 import torch
 from gimefive.pipeline.config import load_annotate_config
 from gimefive.pipeline.run import annotate_video
-from procs import child_processes
+from procs import child_processes, running
+from waiting import wait_until
 
 from gimefive.checkpoint import save_weights
 from gimefive.detector import box_iou
@@ -139,13 +139,10 @@ def test_stage_error_fails_the_run_with_one_line(tmp_path, clip):
 def test_a_killed_stage_fails_the_run_and_sockets_are_removed(tmp_path, clip, weights):
     proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o.mp4"), "--weights",
                     str(weights), "--backend", "torch", "-q")
-    victim, deadline = None, time.monotonic() + 60
-    while victim is None and time.monotonic() < deadline:
-        victim = next(((p, " ".join(argv)) for p, argv in child_processes(proc.pid).items()
-                       if "stage_main detect" in " ".join(argv)), None)
-        time.sleep(0.05)
-    assert victim is not None, "the detect stage never started"
-    pid, cmd = victim
+    pid, cmd = wait_until(
+        lambda: next(((p, " ".join(argv)) for p, argv in child_processes(proc.pid).items()
+                      if "stage_main detect" in " ".join(argv)), None),
+        60, "the detect stage to start")
     ipc_dir = Path(cmd.split("--in ipc://", 1)[1].split()[0]).parent
     os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
@@ -169,40 +166,25 @@ def test_bad_flags_and_paths_are_one_line(tmp_path, clip):
     assert proc.returncode != 0 and "output folder does not exist" in err
 
 
-def _alive(pid: int) -> bool:
-    """Running (not a zombie waiting for a reaper) — a stage re-parented to init counts."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_sigkill_of_annotate_takes_its_stages_along_and_next_run_cleans_up(tmp_path, clip,
                                                                            weights):
     args = ["--weights", str(weights), "--backend", "torch", "-q"]
     proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o.mp4"), *args)
-    stages: dict[int, list[str]] = {}
-    deadline = time.monotonic() + 60
-    while len(stages) < 5 and time.monotonic() < deadline:
-        stages = {p: argv for p, argv in child_processes(proc.pid).items()
-                  if "gimefive.pipeline.stage_main" in argv}
-        time.sleep(0.05)
-    assert len(stages) == 5, f"the five stages never ran: {stages}"
+    stages = wait_until(lambda: {p: argv for p, argv in child_processes(proc.pid).items()
+                                 if "gimefive.pipeline.stage_main" in argv},
+                        60, "the five stages to run", until=lambda found: len(found) >= 5)
+    assert len(stages) == 5, f"not five stages: {stages}"
     detect = next(" ".join(a) for a in stages.values() if "detect" in a)
     ipc_dir = Path(detect.split("--in ipc://", 1)[1].split()[0]).parent
     try:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
-        deadline = time.monotonic() + 60
-        while any(map(_alive, stages)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = {p: " ".join(stages[p])[:80] for p in stages if _alive(p)}
-        assert not left, f"stages outlived their killed parent: {left}"
+        wait_until(lambda: {p: " ".join(stages[p])[:80] for p in stages if running(p)}, 60,
+                   "the stages to end with their killed parent", 0.1, until=lambda left: not left)
     finally:
         for pid in stages:  # on failure, do not leave orphans (no longer our descendants)
-            if _alive(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert ipc_dir.is_dir()  # SIGKILL: nothing could remove it then ...
     again = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o2.mp4"), *args)

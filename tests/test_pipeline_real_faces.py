@@ -32,7 +32,7 @@ N_FACES, FACES_PER_FRAME, N_FRAMES = 480, 6, 160
 
 @pytest.fixture(scope="module")
 def scene(fer_data, tmp_path_factory):
-    from gimefive.synthetic import load_dataset_faces, make_scene_video
+    from gimefive.pipeline.bench.scenes import load_dataset_faces, make_scene_video
 
     faces = load_dataset_faces(N_FACES, "rafdb_test", root=fer_data, seed=1)
     path = tmp_path_factory.mktemp("scene") / "scene.mp4"

@@ -14,11 +14,11 @@ from gimefive.pipeline.crops import (
     template_fit,
 )
 from gimefive.pipeline.draw import draw_faces
+from gimefive.pipeline.messages import DetectionsMsg, EndOfStream, FrameMsg
 from gimefive.pipeline.sinks import frame_record
 from gimefive.pipeline.stages.classify import ClassifyStage
 from gimefive.pipeline.stages.detect import DetectStage
 from gimefive.pipeline.stages.track import TrackStage
-from gimefive.pipeline.wire import DetectionsMsg, EndOfStream, FrameMsg
 
 from gimefive.backends import BACKENDS, Backend
 from gimefive.backends.base import BACKEND_MODULES

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from gimefive.pipeline.live_source import LiveOptions, LiveSource
+from gimefive.pipeline.live_source import LiveOptions, RtspReader
+from gimefive.pipeline.stages.source import FrameFeed
 from rtsp_server import RtspServer, server_unavailable_reason
+from waiting import wait_until
 
 RECONNECT_LIMIT_S = 5.0
 
@@ -26,17 +28,16 @@ def server():
     srv.stop()
 
 
-def fresh_frame(source: LiveSource, after: float, limit: float = 20.0):
+def fresh_frame(source: FrameFeed, after: float, limit: float = 20.0):
     """The first frame decoded after wall time ``after`` (stale queued frames skipped)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    def fresh():
         frame = source.get(timeout=0.2)
-        if frame is not None and frame.t_decoded > after:
-            return frame
-    raise AssertionError(f"no fresh frame within {limit} s")
+        return frame if frame is not None and frame.t_decoded > after else None
+
+    return wait_until(fresh, limit, "a fresh frame", interval_s=0)
 
 
-def drain(source: LiveSource, seconds: float) -> list:
+def drain(source: FrameFeed, seconds: float) -> list:
     frames, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
         frame = source.get(timeout=0.1)
@@ -47,7 +48,7 @@ def drain(source: LiveSource, seconds: float) -> list:
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_reads_live_stream(server, transport):
-    with LiveSource(server.url, "cam", LiveOptions(transport=transport)) as source:
+    with FrameFeed(RtspReader(server.url, "cam", LiveOptions(transport=transport))) as source:
         frames = [fresh_frame(source, 0.0)] + drain(source, 2.0)
     assert len(frames) >= 10
     assert frames[0].image.shape == (120, 160, 3)
@@ -55,7 +56,7 @@ def test_reads_live_stream(server, transport):
 
 def test_reconnects_after_server_restart(server):
     options = LiveOptions(stall_timeout_s=2.0)
-    with LiveSource(server.url, "cam", options) as source:
+    with FrameFeed(RtspReader(server.url, "cam", options)) as source:
         before = [fresh_frame(source, 0.0)] + drain(source, 1.0)  # however slow the start
         server.stop()
         drain(source, 3.0)  # the outage
@@ -78,7 +79,7 @@ def test_reconnects_after_server_restart(server):
 
 def test_reconnects_after_stalled_publisher(server):
     options = LiveOptions(stall_timeout_s=2.0)
-    with LiveSource(server.url, "cam", options) as source:
+    with FrameFeed(RtspReader(server.url, "cam", options)) as source:
         before = [fresh_frame(source, 0.0)] + drain(source, 1.0)
         server.pause()  # sockets open, no data: only the watchdog can notice
         paused_at = time.time()

@@ -7,17 +7,17 @@ import json
 import av
 import numpy as np
 import pytest
-
-from gimefive.errors import GimefiveError
-from gimefive.synthetic import (
+from gimefive.pipeline.bench.scenes import (
     astronaut_face,
-    box_iou,
     load_dataset_faces,
     make_scene_video,
-    match_boxes,
     padded_face,
     score_detections,
 )
+from gimefive.pipeline.tracking import match_boxes
+
+from gimefive.detector import box_iou
+from gimefive.errors import GimefiveError
 
 
 def decode(path) -> tuple[list[np.ndarray], list[float]]:
@@ -129,7 +129,7 @@ def test_matching_and_scoring_by_hand():
     truth = {"frames": [{"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]]}, {"boxes": [[0, 0, 10, 10]]}]}
     found = [np.array([[1, 1, 11, 11], [100, 100, 110, 110]]), np.zeros((0, 4))]
     assert box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10]])[0, 0] == pytest.approx(50 / 150)
-    assert match_boxes(truth["frames"][0]["boxes"], found[0]) == [(0, 0)]
+    assert match_boxes(np.array(truth["frames"][0]["boxes"]), found[0], 0.5) == [(0, 0)]
     score = score_detections(truth, found)
     assert (score["truth"], score["found"], score["matched"]) == (3, 2, 1)
     assert score["recall"] == pytest.approx(1 / 3) and score["precision"] == pytest.approx(0.5)

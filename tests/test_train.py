@@ -14,7 +14,6 @@ from gimefive.train.data import (
     FaceDataset,
     collate_faces,
     load_split,
-    read_labels_csv,
     stratified_split,
 )
 from gimefive.train.loop import (
@@ -27,6 +26,7 @@ from gimefive.train.loop import (
 
 from gimefive.checkpoint import read_metadata
 from gimefive.cli import main
+from gimefive.dataset import read_labels_csv
 from gimefive.errors import DataError, GimefiveError
 from gimefive.labels import EMOTIONS
 from gimefive.preprocess import preprocess_faces

@@ -19,7 +19,7 @@ def test_ship_writes_fp16_weights_with_metadata(tmp_path):
     (root / "splits").mkdir(parents=True)
     shutil.copytree(images, root / "train")
     shutil.copytree(images, root / "test")  # stands in for test images in this toy layout
-    for csv_rel in ("train_labels.csv", *(c for _, c in TEST_SPLITS.values())):
+    for csv_rel in ("train_labels.csv", *(c for c, _ in TEST_SPLITS.values())):
         shutil.copy(csv_path, root / csv_rel)
     cfg = tiny_config(cache_dir=str(tmp_path / "cache"))
     Trainer(cfg, root / "train", root / "train_labels.csv", tmp_path / "run",

@@ -60,8 +60,14 @@ def test_default_configs_are_in_the_wheel(members):
 
 def test_bench_is_in_the_wheel(members):
     for name in ("__init__.py", "system_bench.py", "report.py", "backends_bench.py",
-                 "paper_baseline.py", "setup_baseline_venv.sh"):
+                 "paper_baseline.py", "setup_baseline_venv.sh", "scenes.py", "machine.py"):
         assert f"gimefive/pipeline/bench/{name}" in members
+
+
+def test_test_only_code_is_not_in_the_wheel(members):
+    """The stand-in model is for tests; the scenes ship only because the bench uses them."""
+    assert not {"gimefive/export/testing.py", "gimefive/synthetic.py"} & members
+    assert not any(m.startswith(("tests/", "benchmarks/")) or "stand_in" in m for m in members)
 
 
 def test_shipped_weights_are_in_the_wheel(members):

@@ -6,16 +6,18 @@ import stat
 import numpy as np
 import pytest
 import zmq
-from gimefive.pipeline.wire import (
+from gimefive.pipeline.messages import (
     ClassifiedMsg,
     DetectionsMsg,
     EndOfStream,
     FrameMsg,
-    Receiver,
-    Sender,
     TrackedMsg,
     WireError,
     decode,
+)
+from gimefive.pipeline.transport import (
+    Receiver,
+    Sender,
     ipc_endpoint,
     is_loopback_or_ipc,
     open_socket,
@@ -130,6 +132,10 @@ MALFORMED = {
     "kind": (edit_header(lambda h: h.update(kind="video")), "unknown message kind 'video'"),
     "missing field": (edit_header(lambda h: h["fields"].pop("pts")),
                       "fields expected .*got"),
+    "stream id path": (edit_header(lambda h: h["fields"].update(stream="../../etc/x")),
+                       "stream id '../../etc/x': use 1 to 64 letters"),
+    "stream id empty": (edit_header(lambda h: h["fields"].update(stream="")),
+                        "stream id '': use 1 to 64 letters"),
     "field type": (edit_header(lambda h: h["fields"].update(index="7")),
                    "field 'index' expected integer, got str"),
     "time base": (edit_header(lambda h: h["fields"].update(time_base=[1, 0])),
@@ -236,7 +242,7 @@ def test_forged_end_of_stream_errors_name_the_inconsistency(pair, msgs, error):
 
 
 def test_live_runs_do_not_judge_end_of_stream(pair):
-    """streams=0 (live, run until stopped): an end-of-stream ends nothing, and a restarted
+    """streams=0 (a live run, until stopped): an end-of-stream ends nothing, and a restarted
     camera source legitimately repeats one; they all pass."""
     sender, receiver, _ = pair
     for msg in (eos(frames=0), eos(frames=0), eos(frames=9)):
@@ -282,8 +288,8 @@ def test_stage_with_unusable_output_endpoint_fails_without_hanging():
     def build() -> None:
         with private_ipc_dir() as d:
             try:
-                StageRunner(TrackStage(AnnotateConfig(streams=1)), f"ipc://{d}/in.sock",
-                            "tcp://no such host:1")
+                StageRunner(TrackStage(AnnotateConfig()), f"ipc://{d}/in.sock",
+                            "tcp://no such host:1", insecure=True)
             except GimefiveError as exc:
                 errors.append(str(exc))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from gimefive.config import shipped_config
+from gimefive.labels import UNCERTAIN_THRESHOLD
 
 DEFAULT_CONFIG = shipped_config("train_default.yaml")
 
@@ -94,7 +95,7 @@ def train_command(data_dir: Path, train_csv: Path, config_path: Path, out_dir: P
               help="fp32 for reported numbers; bf16 is faster where the CPU has AMX.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Top probability below which a face is 'uncertain'. [default: the "
-                   "weights' uncertain_threshold, else 0.4]")
+                   f"weights' uncertain_threshold, else {UNCERTAIN_THRESHOLD}]")
 @click.option("--strict", is_flag=True,
               help="Stop at the first missing or unreadable image instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -111,19 +112,18 @@ def eval_command(weights: Path | None, data_dir: Path, csv_path: Path, out_dir: 
     """
     from gimefive.train.data import load_split
     from gimefive.train.evaluate import (
-        DEFAULT_UNCERTAIN_THRESHOLD,
         compute_metrics,
         format_metrics,
         predict_probs,
         write_report,
     )
 
-    from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model
+    from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model, uncertain_threshold_of
 
     split = load_split(data_dir, csv_path, strict=strict, progress=not quiet)
     model, meta = load_model(weights)
     if threshold is None:
-        threshold = float(meta.get("uncertain_threshold", DEFAULT_UNCERTAIN_THRESHOLD))
+        threshold = uncertain_threshold_of(weights, meta)
     started = time.monotonic()
     probs = predict_probs(model, split.images, batch_size=batch_size, precision=precision,
                           progress=not quiet)

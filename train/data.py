@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from gimefive.dataset import read_labels_csv
+from gimefive.digest import file_sha256
 from gimefive.errors import DataError
 from gimefive.labels import NUM_CLASSES
 from gimefive.preprocess import INPUT_SIZE, normalize_gray, to_gray64
@@ -32,49 +33,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GIMEFIVE_CACHE") or Path.home() / ".cache" / "gimefive")
 
 _CACHE_VERSION = 1
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_labels_csv(csv_path: str | Path) -> list[tuple[str, int]]:
-    """Rows ``filename,label``; a bad row is an error naming the file and row number."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"labels CSV not found: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        return parse_labels_csv(f, csv_path)
-
-
-def parse_labels_csv(lines: Iterable[str], csv_path: str | Path) -> list[tuple[str, int]]:
-    """The rows of :func:`read_labels_csv` from lines already read (e.g. a pack's CSV bytes,
-    checked before anything is written); ``csv_path`` only names the CSV in errors."""
-    rows: list[tuple[str, int]] = []
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line:
-            continue
-        name, sep, label_text = line.rpartition(",")
-        name = name.strip().strip('"')
-        if not sep or not name:
-            raise DataError(f"{csv_path} row {number}: expected 'filename,label', got {line!r}")
-        try:
-            label = int(label_text)
-        except ValueError:
-            raise DataError(f"{csv_path} row {number} ({name}): label {label_text.strip()!r} "
-                            f"is not an integer 0..{NUM_CLASSES - 1}") from None
-        if not 0 <= label < NUM_CLASSES:
-            raise DataError(f"{csv_path} row {number} ({name}): label {label} is outside "
-                            f"0..{NUM_CLASSES - 1}")
-        rows.append((name, label))
-    if not rows:
-        raise DataError(f"labels CSV is empty: {csv_path}")
-    return rows
 
 
 def decode_face(path: Path, size: int = INPUT_SIZE) -> np.ndarray | None:
@@ -133,7 +91,7 @@ def load_split(data_dir: str | Path, csv_path: str | Path, *, strict: bool = Fal
     if not data_dir.is_dir():
         raise DataError(f"image folder not found: {data_dir}")
     rows = read_labels_csv(csv_path)
-    csv_sha = sha256_file(csv_path)
+    csv_sha = file_sha256(csv_path)
     if cache_dir == "auto":
         cache_dir = default_cache_dir()
     cache = _cache_path(Path(cache_dir), csv_sha, data_dir, size) if cache_dir else None

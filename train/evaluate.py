@@ -18,8 +18,6 @@ import torch
 from gimefive.labels import EMOTIONS, NUM_CLASSES
 from gimefive.preprocess import normalize_gray
 
-DEFAULT_UNCERTAIN_THRESHOLD = 0.4
-
 
 def autocast_context(device: torch.device, precision: str):
     """bf16 autocast on ``device`` when ``precision == "bf16"``, else a no-op context."""

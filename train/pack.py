@@ -24,8 +24,9 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
-from gimefive.train.data import load_split, parse_labels_csv
+from gimefive.train.data import load_split
 
+from gimefive.dataset import parse_labels_csv
 from gimefive.errors import DataError
 from gimefive.preprocess import INPUT_SIZE
 

@@ -1,6 +1,6 @@
 """Turn a finished training run into the shipped default weights.
 
-    python -m gimefive.train.ship --run runs/shipped --data ../shared/data/fer-gimefive
+    python -m gimefive.train.ship --run runs/shipped [--data ../shared/data/fer-gimefive]
 
 Steps: round the run's best weights to fp16 (about 21 MB; ``load_model`` reads them
 back as fp32); choose ``uncertain_threshold`` on the run's own validation carve-out
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gimefive.train.data import load_split, sha256_file, stratified_split
+from gimefive.train.data import load_split, stratified_split
 from gimefive.train.evaluate import (
     choose_uncertain_threshold,
     compute_metrics,
@@ -31,15 +31,14 @@ from gimefive.train.loop import BEST_FILE, CONFIG_FILE, TrainConfig
 
 from gimefive.checkpoint import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights
 from gimefive.config import load_config
+from gimefive.dataset import SPLITS, require_dataset
+from gimefive.digest import file_sha256
 from gimefive.errors import GimefiveError
 
-#: name -> (image folder, CSV), relative to the dataset root
-TEST_SPLITS = {
-    "rafdb_test": ("test", "splits/rafdb_test.csv"),
-    "fer2013_test": ("test", "splits/fer2013_test.csv"),
-    "aggregate_test": ("test", "test_labels.csv"),
-}
 AGG = "aggregate_test"
+#: name -> (CSV, image folder), relative to the dataset root; the aggregate holds both
+TEST_SPLITS = {"rafdb_test": SPLITS["rafdb_test"], "fer2013_test": SPLITS["fer2013_test"],
+               AGG: SPLITS["test"]}
 
 
 def fp16_round_trip(model: torch.nn.Module) -> torch.nn.Module:
@@ -57,7 +56,7 @@ def ship(run_dir: Path, data_root: Path, out: Path, eval_dir: Path, train_csv: P
         raise GimefiveError(f"no best weights in {run_dir} (expected {best})")
     meta = read_metadata(best)
     config = load_config(TrainConfig, run_dir / CONFIG_FILE)
-    if sha256_file(train_csv) != meta["data"]["train_csv_sha256"]:
+    if file_sha256(train_csv) != meta["data"]["train_csv_sha256"]:
         raise GimefiveError(f"{train_csv} is not the CSV this run was trained on")
     model = fp16_round_trip(load_model(best)[0])
 
@@ -74,7 +73,7 @@ def ship(run_dir: Path, data_root: Path, out: Path, eval_dir: Path, train_csv: P
 
     tests = {}
     known: dict[str, np.ndarray] = {}  # file -> probs; the aggregate holds both benchmarks
-    for name, (folder, csv_rel) in sorted(TEST_SPLITS.items(), key=lambda kv: kv[0] != AGG):
+    for name, (csv_rel, folder) in sorted(TEST_SPLITS.items(), key=lambda kv: kv[0] != AGG):
         started = time.monotonic()
         split = load_split(data_root / folder, data_root / csv_rel)
         if all(f in known for f in split.filenames):
@@ -110,15 +109,17 @@ def ship(run_dir: Path, data_root: Path, out: Path, eval_dir: Path, train_csv: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="training run folder")
-    parser.add_argument("--data", type=Path, required=True, help="fer-gimefive dataset root")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="fer-gimefive dataset root [default: $GIMEFIVE_DATA, else "
+                             "../shared/data/fer-gimefive]")
     parser.add_argument("--train-csv", type=Path, default=None,
                         help="the run's training CSV [default: DATA/train_labels.csv]")
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--eval-dir", type=Path, default=Path("runs/shipped_eval"))
     args = parser.parse_args()
     try:
-        ship(args.run, args.data, args.out, args.eval_dir,
-             args.train_csv or args.data / "train_labels.csv")
+        data = args.data or require_dataset("shipping a run")
+        ship(args.run, data, args.out, args.eval_dir, args.train_csv or data / "train_labels.csv")
     except GimefiveError as exc:
         raise SystemExit(f"gimefive: error: {exc}") from None
 

@@ -7,12 +7,12 @@ weights never meet a stale graph and nothing has to be invalidated by hand.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
 
 from gimefive.checkpoint import DEFAULT_WEIGHTS
+from gimefive.digest import file_sha256
 from gimefive.errors import GimefiveError
 
 
@@ -29,11 +29,7 @@ def cache_dir(kind: str = "") -> Path:
 
 @lru_cache(maxsize=32)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)  # size and mtime only key the memo
 
 
 def weights_sha256(weights: str | Path | None) -> str:

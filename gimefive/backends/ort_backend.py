@@ -3,8 +3,10 @@
 Execution providers, best first among those installed: TensorRT, CUDA (both come with
 ``onnxruntime-gpu``, the ``gpu`` extra), then the CPU. ``precision="int8"`` runs the
 statically quantized graph (CPU; calibrated on training faces, CAM head in fp32):
-experimental, about 1.9x the faces per CPU second of fp32 but 5-6 points lower on
-RAF-DB test in benchmarks/backends_bench.py, so ``auto`` never picks it.
+within 0.1 point of fp32 on RAF-DB test, also on AVX2 CPUs without VNNI, and 1.4-1.8x
+the faces per CPU second at batch 8-32 but no faster at batch 1 (docs/int8.md).
+``auto`` still never picks it: building it needs the training crops, which a deployed
+machine does not have, and the pipeline's batches are small.
 When ``cam=False`` a second, probs-only graph runs, so skipping the CAM saves its cost.
 """
 
@@ -32,7 +34,8 @@ def default_providers() -> list[str]:
 class OnnxRuntimeBackend(Backend):
     """``threads``: intra-op threads (0/None: ONNX Runtime's default, all cores);
     ``onnx_path``: run this graph instead of the cached export (CAM only);
-    ``calibration_faces``: training crops that calibrate INT8 (cached per count)."""
+    ``calibration_faces``: training crops that calibrate INT8 (cached per count;
+    None: export/artifacts.py's CALIBRATION_FACES)."""
 
     name = "onnxruntime"
 
@@ -47,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, weights: str | Path | None = None, cam_layer: str = "conv5",
                  precision: str = "fp32", providers: list[str] | None = None,
                  threads: int | None = None, onnx_path: str | Path | None = None,
-                 model=None, calibration_faces: int = 512) -> None:
+                 model=None, calibration_faces: int | None = None) -> None:
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
@@ -69,10 +72,11 @@ class OnnxRuntimeBackend(Backend):
         self.probs_session = None
 
     def _artifact(self, with_cam: bool) -> Path:
-        from gimefive.export.artifacts import onnx_artifact
+        from gimefive.export.artifacts import CALIBRATION_FACES, onnx_artifact
 
         return onnx_artifact(self.weights, self.cam_layer, with_cam, self.precision,
-                             model=self._model, calibration_faces=self.calibration_faces)
+                             model=self._model,
+                             calibration_faces=self.calibration_faces or CALIBRATION_FACES)
 
     def _session(self, path: Path):
         import onnxruntime as ort

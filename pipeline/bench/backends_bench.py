@@ -172,17 +172,18 @@ def markdown(result) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from gimefive.export.faces import data_root, verification_faces
+    from gimefive.export.faces import verification_faces
     from gimefive.pipeline.bench.system_bench import resolve_weights
 
     from gimefive.backends import create_backend
+    from gimefive.dataset import find_dataset
 
     weights, kind = resolve_weights(args.weights)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         sys.exit(f"backends_bench: unknown config(s) {unknown}; expected some of {list(CONFIGS)}")
-    if "onnxruntime int8" in names and data_root() is None:
+    if "onnxruntime int8" in names and find_dataset() is None:
         names.remove("onnxruntime int8")  # INT8 needs training crops for calibration
     started = time.time()
     result = {"machine": machine_info(), "weights": str(weights), "weights_kind": kind}
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
         print("speed:", flush=True)
         result["speed"] = speed(backends, faces.x, batches, args.rounds, args.faces_per_measure,
                                 args.max_seconds)
-    if not args.no_accuracy and data_root() is not None:
+    if not args.no_accuracy and find_dataset() is not None:
         print("accuracy:", flush=True)
         reference = backends.get("torch fp32 (autograd CAM)") or create_backend(
             "torch", weights=weights)

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -89,6 +88,7 @@ from PIL import Image  # noqa: E402
 from gimefive.checkpoint import load_model  # noqa: E402
 from gimefive.errors import GimefiveError  # noqa: E402
 from gimefive.labels import EMOTIONS  # noqa: E402
+from gimefive.memory import peak_rss_mb  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "time_min_s": min(seconds),
         "time_median_s": statistics.median(seconds),
         "cpu_s_per_frame": cpu / (frames * len(seconds)) if frames else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "faces_total": sum(faces),
         "faces_per_frame_mean": sum(faces) / frames if frames else 0.0,
         "boxes": boxes,

@@ -85,7 +85,7 @@ def prepare_inputs(video: str | None, resolutions: list[str], n_frames: int, fps
         return [{"name": Path(video).name, "path": str(video), "width": info.width,
                  "height": info.height, "truth": None, "faces_source": "user video",
                  "overrides": {}}]
-    from gimefive.synthetic import default_faces, make_scene_video
+    from gimefive.pipeline.bench.scenes import default_faces, make_scene_video
 
     faces, source = default_faces(48, seed=seed)
     inputs = []
@@ -119,7 +119,7 @@ def score(truth: dict | None, boxes: list) -> dict[str, Any]:
     out: dict[str, Any] = {"faces_found": found,
                            "faces_per_frame": round(found / max(1, len(boxes)), 3)}
     if truth is not None:
-        from gimefive.synthetic import score_detections
+        from gimefive.pipeline.bench.scenes import score_detections
 
         if len(boxes) == len(truth["frames"]):
             s = score_detections(truth, boxes)
@@ -183,10 +183,9 @@ def bench_detect(frames: list, config, repeat: int, truth: dict | None) -> dict[
 def _pipeline_config(args):
     from gimefive.pipeline.config import load_annotate_config
 
-    return load_annotate_config(args.config, backend=args.backend,
-                                weights=str(args.weights) if args.weights else None,
-                                cam=False if args.no_cam else None,
-                                cam_every=args.cam_every, detect_every=args.detect_every)
+    # args.pipeline: the annotate settings given as bench flags (bench_cli)
+    return load_annotate_config(args.config, **getattr(args, "pipeline", {}),
+                                weights=str(args.weights) if args.weights else None)
 
 
 def read_jsonl_boxes(path: Path, n_frames: int) -> list[list]:
@@ -240,9 +239,8 @@ def bench_pipeline(item: dict, config, repeat: int, work: Path) -> dict[str, Any
 
 def warm_pipeline(config, work: Path) -> None:
     """One short annotate run so that first-use caches (ONNX export) are built."""
+    from gimefive.pipeline.bench.scenes import astronaut_face, make_scene_video
     from gimefive.pipeline.run import annotate_video
-
-    from gimefive.synthetic import astronaut_face, make_scene_video
 
     clip = work / "warmup.mp4"
     make_scene_video(clip, [(astronaut_face(), None)], 320, 180, 10, 25)

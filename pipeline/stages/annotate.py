@@ -1,4 +1,10 @@
-"""Annotate stage (the last one): draw each frame's faces, then hand it to every sink."""
+"""Annotate stage (the last one): draw each frame's faces, then hand it to every sink.
+
+The same stage ends a file job and a live run; only its sinks differ, built by the
+sink factory (:func:`gimefive.pipeline.sinks.sink_specs`) from the job. Once a second,
+also while no frame comes (every camera in an outage), it reports per stream what it
+wrote to the supervisor, which shows it in the monitor's status.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +15,30 @@ from typing import Any
 import numpy as np
 from gimefive.pipeline.draw import draw_faces
 from gimefive.pipeline.latency import LatencyHistogram
-from gimefive.pipeline.sinks import CamNpzSink, JsonLinesSink, Sink, VideoFileSink
+from gimefive.pipeline.messages import Message, TrackedMsg
+from gimefive.pipeline.sinks import Sink, open_sinks, sink_specs
 from gimefive.pipeline.stage import Stage
-from gimefive.pipeline.wire import Message, TrackedMsg
 
 from gimefive.errors import GimefiveError
 
 
 class AnnotateStage(Stage):
-    """Job keys: ``output`` (video), ``json`` (JSON lines), ``cam_npz``, ``audio_from``."""
+    """Job keys: ``output`` (a video file, or an ``rtsp://`` URL to push to), ``json``
+    (JSON lines), ``cam_npz``, ``audio_from`` (file jobs: copy its audio);
+    ``live`` (True: the video file is written as fragmented-MP4 segments and the JSON
+    appended) with ``streams`` (the run's stream ids: one output per camera when
+    several), ``segment_s``, ``keep_age_s``, ``keep_bytes``, ``push_transport``."""
 
     name = "annotate"
     accepts = (TrackedMsg,)
     has_output = False
 
+    def __init__(self, config, **job: Any) -> None:
+        super().__init__(config, **job)
+        self.per_stream: dict[str, dict[str, Any]] = {}
+
     def make_sinks(self) -> list[Sink]:
-        c, job = self.config, self.job
-        sinks: list[Sink] = []
-        if job.get("output"):
-            sinks.append(VideoFileSink(job["output"], codec=c.codec, crf=c.crf, preset=c.preset,
-                                       threads=c.encoder_threads,
-                                       audio_from=job.get("audio_from") if c.audio else None))
-        if job.get("json"):
-            sinks.append(JsonLinesSink(job["json"]))
-        if job.get("cam_npz"):
-            sinks.append(CamNpzSink(job["cam_npz"]))
-        return sinks
+        return open_sinks(sink_specs(self.job, self.config))
 
     def setup(self) -> None:
         self.sinks = []
@@ -73,10 +77,25 @@ class AnnotateStage(Stage):
                 sink.write(msg, image)
             self.counters.update(sink.counters())  # e.g. pts_repaired, for the summary
         self.count("faces", len(msg.boxes))
-        self.latency.add(time.time() - msg.t_decoded)
+        latency = time.time() - msg.t_decoded
+        self.latency.add(latency)
         if self.latency.count % 50 == 0:
             self._latency_counters()
+        self._per_stream(msg, latency)
         return []
+
+    def _per_stream(self, msg: TrackedMsg, latency: float) -> None:
+        s = self.per_stream.setdefault(msg.stream, {"written": 0, "faces": 0, "latency_s": 0.0})
+        s["written"] += 1
+        s["faces"] += len(msg.boxes)
+        s["latency_s"] = round(latency, 3)
+        s["last_index"] = msg.index
+        s["source"] = msg.extra.get("live", {})
+
+    def live_stats(self) -> dict[str, Any] | None:
+        """A live run's counts per stream (the runner reports them once a second, also
+        while no frame comes, so the status never repeats stale counts)."""
+        return {"streams": self.per_stream} if self.job.get("live") else None
 
     def _latency_counters(self) -> None:
         """Decode-to-written latency percentiles (ms), kept in the stage's counters.
@@ -89,6 +108,7 @@ class AnnotateStage(Stage):
                 self.counters[f"latency_ms_p{q}"] = round(1000 * value, 1)
 
     def end_stream(self, eos):
+        """One stream ended: its counts are final; the other streams' outputs go on."""
         self._latency_counters()
         yield from super().end_stream(eos)
 

@@ -11,29 +11,14 @@ release the GIL, so a second call uses a core the first would leave idle.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from gimefive.pipeline.crops import crop_geometry, cut_faces
+from gimefive.pipeline.messages import ClassifiedMsg, DetectionsMsg, Message
 from gimefive.pipeline.stage import BatchWindow, Stage
-from gimefive.pipeline.tracking import DEFAULT_UNCERTAIN_THRESHOLD
-from gimefive.pipeline.wire import ClassifiedMsg, DetectionsMsg, Message
 
 from gimefive.preprocess import preprocess_faces
 
 CAM_SIDE = {"conv5": 4, "conv4": 8}  # Grad-CAM resolution at 64x64 input
-
-
-def uncertain_threshold_of(weights: str | None) -> float:
-    """The weights' ``uncertain_threshold`` metadata (0.4 when absent or unreadable)."""
-    from gimefive.checkpoint import DEFAULT_WEIGHTS, read_metadata
-
-    path = Path(weights) if weights else DEFAULT_WEIGHTS
-    if path.suffix == ".safetensors" and path.is_file():
-        value = read_metadata(path).get("uncertain_threshold")
-        if isinstance(value, int | float):
-            return float(value)
-    return DEFAULT_UNCERTAIN_THRESHOLD
 
 
 class ClassifyStage(Stage):
@@ -51,6 +36,8 @@ class ClassifyStage(Stage):
             self.backend = create_backend(c.backend, **options)
         self.backend_name = getattr(self.backend, "name", c.backend)
         self.backend(np.zeros((2, 3, 64, 64), np.float32), cam=c.cam)  # warm-up
+        from gimefive.checkpoint import uncertain_threshold_of
+
         self.threshold = (c.uncertain_threshold if c.uncertain_threshold is not None
                           else uncertain_threshold_of(c.weights))
         self.pool = None

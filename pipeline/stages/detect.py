@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from gimefive.pipeline.messages import DetectionsMsg, FrameMsg, Message
 from gimefive.pipeline.stage import BatchWindow, Stage
 from gimefive.pipeline.tracking import match_centers
-from gimefive.pipeline.wire import DetectionsMsg, FrameMsg, Message
 
 from gimefive.detector import Detections, FaceDetector
 

@@ -1,9 +1,17 @@
-"""Source stage: demux and decode a video with PyAV on a reader thread, send BGR frames.
+"""The source stage: one input reader on a decode thread, its frames sent as FrameMsg.
 
-The reader (what yields decoded frames) and the queue policy are pluggable: a file is
-read by :class:`VideoFileReader` with a *blocking* queue (lossless: when the pipeline is
-slower than decoding, decoding waits); a live reader can use ``policy="drop_oldest"``
-so that the newest frames go on and the dropped ones are counted.
+One stage for every input: what it reads is an :class:`~gimefive.pipeline.readers.InputReader`
+chosen by kind (a file, an RTSP camera, a file played as a camera; see
+:mod:`gimefive.pipeline.readers`), and the queue between the decode thread and the
+sender follows the reader: *blocking* for a file (lossless: when the pipeline is slower
+than decoding, decoding waits), *drop-oldest* for a live input (a camera cannot wait:
+the newest frames go on and every dropped one is counted), whichever command opened it.
+
+A live source sends its camera's counters with each frame (``extra["live"]``) and, about
+once a second, to the supervisor (:meth:`SourceStage.live_stats`), also during an outage,
+when no frame flows. Asked to stop (SIGTERM), it ends its stream cleanly, so the frames
+in flight are still written; a camera whose reconnect budget is spent also ends its
+stream first, then fails the stage with the give-up line.
 """
 
 from __future__ import annotations
@@ -12,89 +20,33 @@ import collections
 import threading
 import time
 from collections.abc import Iterator
-from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from gimefive.pipeline.live_source import LiveOptions
+from gimefive.pipeline.messages import EndOfStream, FrameMsg, Message
 from gimefive.pipeline.probe import check_frame_size
+from gimefive.pipeline.readers import Frame, InputReader, open_reader
 from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
-from gimefive.pipeline.wire import EndOfStream, FrameMsg, Message
 
 from gimefive.errors import GimefiveError
-from gimefive.urls import redact_text, redact_url
+from gimefive.urls import redact_text
 
-
-class VideoFileReader:
-    """Decoded frames of a file's first video stream, as ``(pts, bgr uint8 HxWx3)``."""
-
-    def __init__(self, url: str, threads: int = 1) -> None:
-        import av
-
-        path = Path(url)
-        if "://" not in url:
-            if not path.exists():
-                raise GimefiveError(f"input not found: {url}")
-            if path.is_dir():
-                raise GimefiveError(f"input is a directory, not a video: {url}")
-            if path.stat().st_size == 0:
-                raise GimefiveError(f"input is an empty file: {url}")
-        try:
-            self.container = av.open(url)
-        except av.error.FFmpegError as exc:
-            raise GimefiveError(f"cannot read {redact_url(url)} as a video ({_reason(exc)})"
-                                ) from None
-        if not self.container.streams.video:
-            self.container.close()
-            raise GimefiveError(f"{redact_url(url)}: no video stream")
-        self.url = url
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
-        self.stream.codec_context.thread_count = max(1, threads)
-        self.time_base = self.stream.time_base or Fraction(1, 90000)
-        rate = self.stream.average_rate or self.stream.guessed_rate
-        self.rate = Fraction(rate) if rate else None
-
-    def info(self) -> dict[str, Any]:
-        s = self.stream
-        total = s.frames or 0
-        if not total and s.duration and self.rate:
-            total = round(float(s.duration * self.time_base * self.rate))
-        elif not total and self.container.duration and self.rate:
-            total = round(self.container.duration / 1_000_000 * float(self.rate))
-        return {"width": s.codec_context.width, "height": s.codec_context.height,
-                "frames_estimate": int(total), "codec": s.codec_context.name,
-                "rate": [self.rate.numerator, self.rate.denominator] if self.rate else None,
-                "has_audio": bool(self.container.streams.audio)}
-
-    def __iter__(self) -> Iterator[tuple[int | None, np.ndarray]]:
-        import av
-
-        try:
-            for frame in self.container.decode(self.stream):
-                yield frame.pts, frame.to_ndarray(format="bgr24")
-        except av.error.FFmpegError as exc:
-            raise GimefiveError(f"{redact_url(self.url)}: decoding failed ({_reason(exc)})"
-                                ) from None
-
-    def close(self) -> None:
-        self.container.close()
-
-
-def _reason(exc: Exception) -> str:
-    reason = getattr(exc, "strerror", None) or str(exc).split(":")[-1].strip()
-    return redact_text(reason or type(exc).__name__)
+#: frames between decoding and sending for a file (a live input: its queue_size option)
+FILE_QUEUE_SIZE = 8
+#: a restarted source continues numbering this far past the last reported frame, so no
+#: index is ever used twice (frames sent after the last report are at most ~1 s worth)
+RESTART_INDEX_GAP = 1000
+#: a camera's counters carried by each of its frames (and so by the JSON lines)
+FRAME_COUNTERS = ("decoded", "dropped", "reconnects", "queue", "decode_errors")
 
 
 class FrameQueue:
-    """A bounded queue between the reader thread and the sender.
+    """A bounded queue between the decode thread and the sender.
 
-    ``block``: a full queue blocks the reader (files: lossless). ``drop_oldest``: a full
-    queue discards its oldest frame and counts it (live: never fall behind).
+    ``block``: a full queue blocks the producer (files: lossless). ``drop_oldest``: a
+    full queue discards its oldest item and counts it (live: never fall behind).
     """
-
-    _END = object()
 
     def __init__(self, maxsize: int, policy: str = "block") -> None:
         if policy not in ("block", "drop_oldest"):
@@ -103,10 +55,10 @@ class FrameQueue:
         self.maxsize, self.policy = maxsize, policy
         self.cond = threading.Condition()
         self.dropped = 0
-        self.closed = False
+        self.closed = self.finished = False
 
     def put(self, item: Any) -> bool:
-        """False when the consumer has gone (the reader should stop)."""
+        """False when the consumer has gone (the producer should stop)."""
         with self.cond:
             while self.policy == "block" and len(self.items) >= self.maxsize and not self.closed:
                 self.cond.wait()
@@ -119,92 +71,208 @@ class FrameQueue:
             self.cond.notify_all()
             return True
 
-    def finish(self, error: BaseException | None = None) -> None:
+    def get(self, timeout: float | None = None) -> Any:
+        """The oldest item; ``None`` when ``timeout`` passed or the producer finished
+        with the queue empty."""
         with self.cond:
-            self.items.append(error if error is not None else self._END)
+            if not self.cond.wait_for(lambda: self.items or self.finished, timeout) \
+                    or not self.items:
+                return None
+            item = self.items.popleft()
+            self.cond.notify_all()
+            return item
+
+    def finish(self) -> None:
+        """The producer is done: a waiting :meth:`get` returns."""
+        with self.cond:
+            self.finished = True
             self.cond.notify_all()
 
     def close(self) -> None:
+        """The consumer is done: a blocked :meth:`put` returns False."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
 
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            with self.cond:
-                while not self.items:
-                    self.cond.wait()
-                item = self.items.popleft()
-                self.cond.notify_all()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def __len__(self) -> int:
+        with self.cond:
+            return len(self.items)
+
+
+class FrameFeed:
+    """A reader on its own decode thread, behind a :class:`FrameQueue` whose policy
+    follows the reader (live: drop-oldest, else blocking).
+
+    ``get(timeout)`` returns the next :class:`Frame`, or ``None`` when none came in time
+    (a camera in an outage) or the reader has ended (then :attr:`done`). If the reader
+    ended with an error (a file that cannot be decoded, a camera given up), ``get``
+    raises it once every frame before it was taken.
+    """
+
+    def __init__(self, reader: InputReader, queue_size: int | None = None) -> None:
+        self.reader = reader
+        if queue_size is None:  # a camera's own option; a file's is fixed
+            queue_size = reader.options.queue_size if reader.live else FILE_QUEUE_SIZE
+        self.queue = FrameQueue(queue_size, "drop_oldest" if reader.live else "block")
+        self.thread = threading.Thread(target=self._run, name=f"decode-{reader.stream_id}",
+                                       daemon=True)
+        self.error: BaseException | None = None
+        self.delivered = 0
+
+    def start(self) -> FrameFeed:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for frame in self.reader.read():
+                if not self.queue.put(frame):
+                    return
+        except BaseException as exc:  # handed to the consumer by get()
+            self.error = exc
+        finally:
+            self.queue.finish()
+
+    @property
+    def done(self) -> bool:
+        return self.queue.finished and len(self.queue) == 0
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        frame = self.queue.get(timeout)
+        if frame is not None:
+            self.delivered += 1
+        elif self.done and self.error is not None:
+            raise self.error
+        return frame
+
+    def __iter__(self) -> Iterator[Frame]:
+        while not self.done:
+            frame = self.get(timeout=0.5)
+            if frame is not None:
+                yield frame
+        if self.error is not None:
+            raise self.error
+
+    def stats(self) -> dict[str, Any]:
+        """The reader's counters and the queue's (``dropped``: dropped by the queue)."""
+        return self.reader.stats() | {"delivered": self.delivered,
+                                      "dropped": self.queue.dropped, "queue": len(self.queue)}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the decode thread; waits at most ``timeout`` (a blocked read ends at the
+        read timeout)."""
+        self.reader.stop.set()
+        self.queue.close()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def __enter__(self) -> FrameFeed:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class SourceStage(Stage):
-    """Reads ``job["input"]``; frames carry stream id, index, pts and time base."""
+    """Job keys: ``input`` (file or URL), ``reader`` (kind; default ``auto``: a URL is
+    a camera, a path a file), ``stream`` (id; when given the stage reports as
+    ``source-ID``), ``live`` (LiveOptions fields), ``index_from`` (the first frame
+    number, after a restart)."""
 
     name = "source"
     accepts = None
-    queue_policy = "block"
-    queue_size = 8
 
-    def open_reader(self):
-        """Override (or replace) to read something else, e.g. an RTSP camera."""
-        return VideoFileReader(str(self.job["input"]), threads=self.config.decode_threads)
+    def __init__(self, config, **job: Any) -> None:
+        super().__init__(config, **job)
+        stream = job.get("stream")
+        self.stream_id = str(stream or "0")
+        if stream:  # one of several cameras: the supervisor knows it by this name
+            self.name = f"source-{self.stream_id}"
+        self.stopping = False
+        self.sent = 0
+        self.gave_up: BaseException | None = None
 
     def setup(self) -> None:
         if not self.job.get("input"):
-            raise GimefiveError("source stage needs an input (--in VIDEO)")
-        self.stream_id = str(self.job.get("stream", "0"))
-        self.reader = self.open_reader()
-        tb, rate = self.reader.time_base, self.reader.rate
+            raise GimefiveError("source stage needs an input (--in VIDEO or URL)")
+        options = LiveOptions(**(self.job.get("live") or {}))
+        self.reader = open_reader(str(self.job["input"]), self.job.get("reader") or "auto",
+                                  self.stream_id, options, self.config.decode_threads)
+        self.feed = FrameFeed(self.reader)
+        self.index_from = int(self.job.get("index_from") or 0)
+        tb = self.reader.time_base
         self.time_base = [tb.numerator, tb.denominator]
-        self.rate = [rate.numerator, rate.denominator] if rate else None
-        self.queue = FrameQueue(self.queue_size, self.queue_policy)
-        self.thread = threading.Thread(target=self._read, name="decode", daemon=True)
-        self.index = 0
-        self.clock = IncreasingPts(frame_step(self.rate, self.time_base))
+        self.clock = IncreasingPts(frame_step(self._rate(), self.time_base))
+
+    def _rate(self) -> list[int] | None:
+        rate = self.reader.rate  # a camera's is known once it is connected
+        return [rate.numerator, rate.denominator] if rate else None
 
     def info(self) -> dict[str, Any]:
         return self.reader.info()
 
-    def _read(self) -> None:
-        try:
-            for item in self.reader:
-                if not self.queue.put(item):
-                    return
-        except BaseException as exc:  # handed to the sending thread, which raises it
-            self.queue.finish(exc)
-        else:
-            self.queue.finish()
+    def live_stats(self) -> dict[str, Any] | None:
+        if not hasattr(self, "feed") or not self.reader.live:
+            return None
+        stats = self.feed.stats() | {"sent": self.sent}
+        stats["outages"] = stats.get("outages", [])[-5:]  # the recent ones; the log has all
+        return stats
 
-    def process(self, msg: tuple[int | None, np.ndarray]) -> list[Message]:
-        pts, image = msg
+    def stop(self) -> bool:
+        """A live input ends its stream cleanly; a file is interrupted (as before)."""
+        if not hasattr(self, "reader") or not self.reader.live:
+            return False
+        self.stopping = True
+        self.reader.stop.set()
+        return True
+
+    def process(self, msg: Frame) -> list[Message]:
+        image = msg.image
         # a frame over the limit would cost that much in every queue down the pipeline
         check_frame_size(image.shape[1], image.shape[0], self.config.max_pixels,
-                         f"frame {self.index} of the input")
-        pts = self.clock(pts)  # missing, repeated or going back: after the previous one
+                         f"frame {msg.index} of the input")
+        pts = self.clock(msg.pts)  # missing, repeated or going back: after the previous one
         self.counters["pts_repaired"] = self.clock.repaired
-        out = FrameMsg(stream=self.stream_id, index=self.index, pts=pts,
-                       time_base=self.time_base, rate=self.rate, t_decoded=time.time(),
-                       extra={"dropped": self.queue.dropped} if self.queue.dropped else {},
-                       image=image)
-        self.index += 1
+        extra = {}
+        if self.reader.live:
+            counters = self.feed.stats()
+            extra = {"live": {k: counters.get(k, 0) for k in FRAME_COUNTERS}
+                     | {"sent": self.sent + 1}}
+        out = FrameMsg(stream=self.stream_id, index=self.index_from + msg.index, pts=pts,
+                       time_base=self.time_base, rate=self._rate(),
+                       t_decoded=msg.t_decoded or time.time(), extra=extra, image=image)
+        self.sent += 1
         return [out]
 
-    def messages(self) -> Iterator[Message]:
-        self.thread.start()
-        for item in self.queue:
-            yield from self.process(item)
-        self.counters["dropped"] = self.queue.dropped
-        yield EndOfStream(stream=self.stream_id, frames=self.index)
+    def messages(self) -> Iterator[Message | None]:
+        self.feed.start()
+        while True:
+            try:
+                frame = self.feed.get(timeout=0.25)
+            except BaseException as exc:
+                if not self.reader.live:
+                    raise  # a file that cannot be decoded fails the run, as it is
+                self.gave_up = exc  # the camera is given up: end the stream first,
+                break  # so what was recorded is written; close() then fails the stage
+            if frame is not None:
+                yield from self.process(frame)
+            elif self.feed.done:
+                break
+            else:
+                yield None  # an outage: the runner reports meanwhile
+        self.counters.update(decoded=self.reader.stats().get("decoded", self.sent),
+                             dropped=self.feed.queue.dropped)
+        if self.gave_up is not None:
+            yield EndOfStream(stream=self.stream_id, frames=self.sent, reason="error",
+                              message=redact_text(str(self.gave_up)))
+        else:
+            yield EndOfStream(stream=self.stream_id, frames=self.sent,
+                              reason="stopped" if self.stopping else "eof")
 
     def close(self) -> None:
-        if hasattr(self, "queue"):
-            self.queue.close()
-            self.thread.join(timeout=5) if self.thread.is_alive() else None
+        if hasattr(self, "feed"):
+            self.feed.stop(timeout=5)
         if hasattr(self, "reader"):
             self.reader.close()
+        if self.gave_up is not None:
+            raise self.gave_up

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from gimefive.pipeline.messages import ClassifiedMsg, EndOfStream, Message, TrackedMsg
 from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.tracking import IoUTracker
-from gimefive.pipeline.wire import ClassifiedMsg, EndOfStream, Message, TrackedMsg
 
 
 class TrackStage(Stage):

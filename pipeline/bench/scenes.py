@@ -1,4 +1,8 @@
-"""Synthetic test and benchmark scenes: real face crops pasted at known, moving positions.
+"""Generated scenes for ``gimefive bench``, tests and benchmarks: real face crops pasted at
+known, moving positions.
+
+Shipped (under the bench, not the core) because ``gimefive bench`` measures on these
+scenes when no video is given, and it must run from a wheel.
 
 :func:`make_scene_video` writes an H.264 clip in which several faces move smoothly over a
 plausible background (blurred noise, a colour gradient and drawn shapes) and returns the
@@ -6,8 +10,9 @@ ground truth of every frame: box, label and face id of each face. Tests use it t
 detection recall and classification accuracy end to end; ``gimefive bench`` uses it as
 the default input.
 
-Faces come from the dataset's 64x64 crops (:func:`load_dataset_faces`) or, where no data
-is present, from the astronaut photo that scikit-image ships (:func:`astronaut_face`).
+Faces come from the dataset's 64x64 crops (:func:`load_dataset_faces`, the dataset found
+by :func:`gimefive.dataset.find_dataset`) or, where no data is present, from the astronaut
+photo that scikit-image ships (:func:`astronaut_face`).
 
 Why the pasted faces get a border: the dataset's crops are tight, aligned faces (brow to
 chin). Pasted bare onto a background, RetinaFace misses more of them, especially small
@@ -23,8 +28,6 @@ The ground-truth box is always the face crop itself, never the border.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,21 +36,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from gimefive.pipeline.tracking import match_boxes
 
+from gimefive.dataset import find_dataset, read_faces, split_rows
 from gimefive.errors import DataError, GimefiveError
-
-#: the dataset beside the repository (``../shared/data/fer-gimefive``), where present
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer-gimefive"
-
-#: split name -> (labels CSV relative to the data root, image folder)
-SPLITS: dict[str, tuple[str, str]] = {
-    "rafdb_test": ("splits/rafdb_test.csv", "test"),
-    "fer2013_test": ("splits/fer2013_test.csv", "test"),
-    "test": ("test_labels.csv", "test"),
-    "rafdb_train": ("splits/rafdb_train.csv", "train"),
-    "fer2013_train": ("splits/fer2013_train.csv", "train"),
-    "train": ("train_labels.csv", "train"),
-}
 
 #: the astronaut's face in ``skimage.data.astronaut()`` (x1, y1, x2, y2): a square around
 #: RetinaFace's box (177, 56, 272, 176), as tight as the dataset's aligned crops
@@ -59,11 +51,6 @@ MIN_FACE = 16
 FaceItem = tuple  # (uint8 BGR image, label int or None[, name str])
 
 
-def default_data_root() -> Path | None:
-    """The dataset folder beside the repository, or None where it is absent."""
-    return DEFAULT_DATA_ROOT if (DEFAULT_DATA_ROOT / "test_labels.csv").is_file() else None
-
-
 def load_dataset_faces(n: int, split: str = "rafdb_test", root: str | Path | None = None,
                        seed: int = 0, balanced: bool = False, with_names: bool = False
                        ) -> list[tuple]:
@@ -72,19 +59,9 @@ def load_dataset_faces(n: int, split: str = "rafdb_test", root: str | Path | Non
     ``balanced`` draws the classes round-robin (disgust and fear are rare otherwise);
     ``with_names`` appends the file name to each tuple.
     """
-    root = Path(root) if root is not None else default_data_root()
-    if root is None:
-        raise DataError(f"dataset not found at {DEFAULT_DATA_ROOT}; pass root=")
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
-    csv_rel, folder = SPLITS[split]
-    csv_path = root / csv_rel
-    if not csv_path.is_file():
-        raise DataError(f"labels CSV not found: {csv_path}")
-    with csv_path.open(newline="") as f:
-        rows = [(r[0], int(r[1])) for r in csv.reader(f) if r]
+    folder, rows = split_rows(split, root)
     if n > len(rows):
-        raise DataError(f"{csv_path}: asked for {n} faces, it lists {len(rows)}")
+        raise DataError(f"split {split}: asked for {n} faces, it lists {len(rows)}")
     rng = np.random.default_rng(seed)
     if balanced:
         by_label: dict[int, list[int]] = {}
@@ -94,14 +71,10 @@ def load_dataset_faces(n: int, split: str = "rafdb_test", root: str | Path | Non
         order = [q[j] for j in range(max(map(len, queues))) for q in queues if j < len(q)]
     else:
         order = [int(i) for i in rng.permutation(len(rows))]
-    out = []
-    for i in order[:n]:
-        name, label = rows[i]
-        image = cv2.imread(str(root / folder / name), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"unreadable image: {root / folder / name}")
-        out.append((image, label, name) if with_names else (image, label))
-    return out
+    picked = [rows[i] for i in order[:n]]
+    images = read_faces(folder, [name for name, _ in picked])
+    return [(image, label, name) if with_names else (image, label)
+            for image, (name, label) in zip(images, picked, strict=True)]
 
 
 def astronaut_face() -> np.ndarray:
@@ -118,11 +91,12 @@ def astronaut_face() -> np.ndarray:
 def default_faces(n: int = 12, seed: int = 0) -> tuple[list[tuple], str]:
     """Real faces for a scene and a word on where they came from.
 
-    Dataset crops (RAF-DB test) where ``../shared/data`` exists; otherwise ``n`` variants
-    of the astronaut's face (mirrored, brightness shifted), unlabelled.
+    Dataset crops (RAF-DB test) where the dataset is found; otherwise ``n`` variants of
+    the astronaut's face (mirrored, brightness shifted), unlabelled.
     """
-    if default_data_root() is not None:
-        return load_dataset_faces(n, "rafdb_test", seed=seed), "rafdb_test"
+    root = find_dataset()
+    if root is not None:
+        return load_dataset_faces(n, "rafdb_test", root=root, seed=seed), "rafdb_test"
     face = astronaut_face()
     rng = np.random.default_rng(seed)
     faces = []
@@ -419,41 +393,7 @@ def make_scene_video(path: str | Path, faces: Sequence[FaceItem], width: int = 6
     return {**scene, "codec": codec, "path": str(path), "frames": truth_frames}
 
 
-def save_ground_truth(truth: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(truth))
-    return path
-
-
 # --------------------------------------------------------------------------- scoring
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes ``a [N,4]`` and ``b [M,4]`` (x1, y1, x2, y2) -> ``[N,M]``."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def match_boxes(truth_boxes, found_boxes, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
-    """Greedy one-to-one matching by IoU: ``(truth index, found index)`` pairs."""
-    iou = box_iou(truth_boxes, found_boxes)
-    pairs = []
-    if iou.size == 0:
-        return pairs
-    for flat in np.argsort(-iou, axis=None):
-        i, j = np.unravel_index(flat, iou.shape)
-        if iou[i, j] < iou_threshold:
-            break
-        if all(i != p for p, _ in pairs) and all(j != q for _, q in pairs):
-            pairs.append((int(i), int(j)))
-    return pairs
-
 
 def score_detections(truth: dict, found: Sequence, iou_threshold: float = 0.5) -> dict:
     """Recall and precision of per-frame boxes against the scene's ground truth.
@@ -469,7 +409,8 @@ def score_detections(truth: dict, found: Sequence, iou_threshold: float = 0.5) -
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         n_truth += len(gt["boxes"])
         n_found += len(boxes)
-        pairs = dict(match_boxes(gt["boxes"], boxes, iou_threshold))
+        pairs = dict(match_boxes(np.asarray(gt["boxes"], np.float64).reshape(-1, 4), boxes,
+                                 iou_threshold))
         n_matched += len(pairs)
         for g, (x1, _, x2, _) in enumerate(gt["boxes"]):
             tally = by_size.setdefault(int(x2 - x1), [0, 0])

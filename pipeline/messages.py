@@ -1,4 +1,4 @@
-"""The wire format between pipeline stages, and the ZeroMQ socket helpers that carry it.
+"""The wire format between pipeline stages: message types, their schema and validation.
 
 Format (schema version :data:`SCHEMA_VERSION`)
 -----------------------------------------------
@@ -31,43 +31,29 @@ and :class:`EndOfStream` travels the same way at the end of each stream (``reaso
 ``eof``, ``stopped`` or ``error``). Array buffers are sent with ``copy=False``; received
 arrays are views on the ZeroMQ frames, not copies (copy before drawing on an image).
 
-Sockets
--------
-Data sockets are PUSH/PULL: a stage *binds* its input (``--in``) and *connects* its output
-(``--out``), so several senders can fan in to one receiver. High-water marks are small
-and sends block, which gives lossless back-pressure: a full downstream queue stops the
-source (a live source that must drop does so before the first hop, see
-``pipeline.stages.source``). ``ipc://`` endpoints live in a private directory (mode
-0700, removed at shutdown, :func:`private_ipc_dir`); ``tcp://`` is for stages on
-different hosts. Binding a non-loopback TCP address requires CurveZMQ keys
-(:class:`CurveKeys`) or an explicit ``insecure=True``.
+Every message is checked against size limits (:data:`MAX_PIXELS` and the rest) before it
+is parsed. The sockets that carry messages are in :mod:`transport` (which also has ZeroMQ
+drop any part over :data:`MAX_FRAME_BYTES`); stage -> supervisor reports in :mod:`control`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import ipaddress
 import json
 import math
-import os
-import shutil
-import tempfile
+import re
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
 
 from gimefive.errors import GimefiveError
+from gimefive.labels import UNCERTAIN_THRESHOLD
 
 SCHEMA_VERSION = 1
 ALLOWED_DTYPES = frozenset({"uint8", "int32", "int64", "float32", "float64", "bool"})
-DEFAULT_HWM = 8
 
 # Limits a message is checked against before anything is parsed or allocated, so that one
 # hostile message is dropped, never the stage (see :func:`decode`).
@@ -126,6 +112,8 @@ class Message:
     def __post_init__(self) -> None:
         for name, allowed in self.FIELDS.items():
             setattr(self, name, _check_json_type(self.KIND, name, getattr(self, name), allowed))
+        if "stream" in self.FIELDS:
+            check_stream_id(self.stream, f"{self.KIND} message: stream id")
         _check_arrays(self.KIND, {n: getattr(self, n) for n in self.ARRAYS}, self.ARRAYS)
 
     def encode(self) -> list[Any]:
@@ -137,6 +125,18 @@ class Message:
                              for n, a in arrays]}
         return [json.dumps(header, separators=(",", ":")).encode()] + [
             np.ascontiguousarray(a).reshape(-1).view(np.uint8) for _, a in arrays]
+
+
+#: a stream id names a camera's output files (live sinks): letters, digits, - and _ only,
+#: so no message can steer a file name outside its folder
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_stream_id(value: str, what: str = "stream id") -> str:
+    """``value`` if it is a valid stream id, else :class:`WireError` naming ``what``."""
+    if not STREAM_ID.fullmatch(value):
+        raise WireError(f"{what} {value!r:.70}: use 1 to 64 letters, digits, - and _")
+    return value
 
 
 def _check_arrays(kind: str, arrays: dict[str, np.ndarray | None],
@@ -266,7 +266,7 @@ class ClassifiedMsg(DetectionsMsg):
         "crops": ("float32", ("K", 4), False),
     }
     cam_layer: str = "conv5"
-    uncertain_threshold: float = 0.4  # from the weights' metadata (or the config)
+    uncertain_threshold: float = UNCERTAIN_THRESHOLD  # the weights' metadata, or the config
     probs: np.ndarray
     cam: np.ndarray | None = None  # absent on frames without Grad-CAM (--cam-every)
     crops: np.ndarray  # the square each face was classified from: cx, cy, side, angle (deg)
@@ -450,141 +450,6 @@ def _check_shape_limits(kind: str, name: Any, shape: list[int], itemsize: int) -
     return size
 
 
-# ---------------------------------------------------------------------- control channel
-
-def control_message(stage: str, event: str, **data: Any) -> bytes:
-    """Stage -> supervisor report (one JSON part): ready, progress, stats, error."""
-    return json.dumps({"schema": SCHEMA_VERSION, "kind": "control", "stage": stage,
-                       "event": event, "data": data}).encode()
-
-
-def report_stage_error(control: str | None, stage: str, message: str) -> None:
-    """Send a stage's fatal error to its supervisor, so the run's one line can name it.
-
-    Uses a fresh context because it runs after the stage's own sockets are gone.
-    """
-    if not control:
-        return
-    ctx = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(control)
-        sock.send(control_message(stage, "error", message=message))
-        sock.close()
-    finally:
-        ctx.term()
-
-
-def parse_control(raw: bytes) -> dict:
-    try:
-        msg = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise WireError("control message is not JSON") from None
-    if not isinstance(msg, dict) or msg.get("kind") != "control" or \
-            msg.get("schema") != SCHEMA_VERSION:
-        raise WireError(f"control message expected kind 'control' schema {SCHEMA_VERSION}, "
-                        f"got {str(msg)[:60]}")
-    for key, typ in (("stage", str), ("event", str), ("data", dict)):
-        if not isinstance(msg.get(key), typ):
-            raise WireError(f"control message: {key!r} expected {typ.__name__}")
-    return msg
-
-
-# ------------------------------------------------------------------------------ sockets
-
-@dataclass(frozen=True)
-class CurveKeys:
-    """CurveZMQ keys for TCP across hosts: encryption plus server authentication.
-
-    The binding side uses the server key pair; a connecting side needs the server's
-    public key and makes itself an ephemeral client key pair. Load a pair written by
-    ``zmq.auth.create_certificates(DIR, "server")`` with :meth:`from_directory`.
-    """
-
-    server_public: bytes
-    server_secret: bytes | None = None
-
-    @classmethod
-    def from_directory(cls, directory: str | Path) -> CurveKeys:
-        import zmq.auth
-
-        directory = Path(directory)
-        secret_file, public_file = directory / "server.key_secret", directory / "server.key"
-        if secret_file.is_file():
-            public, secret = zmq.auth.load_certificate(str(secret_file))
-            return cls(public, secret)
-        if public_file.is_file():
-            public, _ = zmq.auth.load_certificate(str(public_file))
-            return cls(public)
-        raise GimefiveError(f"no CurveZMQ keys in {directory} (expected server.key_secret "
-                            f"or server.key, from zmq.auth.create_certificates)")
-
-
-def is_loopback_or_ipc(endpoint: str) -> bool:
-    """Whether only this host's user can reach ``endpoint`` without keys: loopback TCP,
-    inproc, and ipc socket files (ours live in a 0700 folder). Not ``ipc://@name``: an
-    abstract socket has no file and no permissions, any local user may connect."""
-    parts = urlsplit(endpoint)
-    if parts.scheme == "ipc":
-        return not endpoint[len("ipc://"):].startswith("@")
-    if parts.scheme == "inproc":
-        return True
-    host = (parts.hostname or "").strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", an interface name or a host name
-
-
-def check_endpoint(endpoint: str) -> str:
-    scheme = urlsplit(endpoint).scheme
-    if scheme not in ("ipc", "tcp", "inproc"):
-        raise GimefiveError(f"endpoint {endpoint!r}: expected ipc://PATH or tcp://HOST:PORT")
-    return endpoint
-
-
-def open_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
-                hwm: int = DEFAULT_HWM, curve: CurveKeys | None = None,
-                insecure: bool = False,
-                before_connect: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
-    """A socket with linger 0 and bounded queues, bound or connected to ``endpoint``.
-
-    ``before_connect`` runs on the socket just before it binds or connects (to attach a
-    monitor that must see the first connection).
-    """
-    check_endpoint(endpoint)
-    if bind and not is_loopback_or_ipc(endpoint) and curve is None and not insecure:
-        raise GimefiveError(f"refusing to bind {endpoint} without encryption: pass CurveZMQ "
-                            f"keys or --insecure (or bind a loopback/ipc endpoint)")
-    sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    if curve is not None:
-        if bind:
-            if curve.server_secret is None:
-                sock.close(0)
-                raise GimefiveError("binding with CurveZMQ needs the server secret key")
-            sock.curve_server = True
-            sock.curve_secretkey = curve.server_secret
-            sock.curve_publickey = curve.server_public
-        else:
-            public, secret = zmq.curve_keypair()
-            sock.curve_serverkey = curve.server_public
-            sock.curve_publickey, sock.curve_secretkey = public, secret
-    if before_connect is not None:
-        before_connect(sock)
-    try:
-        (sock.bind if bind else sock.connect)(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(0)
-        raise GimefiveError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc}") from None
-    return sock
-
-
 class StreamLedger:
     """What a stage received of each stream, to tell a genuine end-of-stream from a forged one.
 
@@ -623,131 +488,6 @@ class StreamLedger:
                                 f"frames, {received} arrived")
             self.ended.add(stream)
         self.received[stream] = received + (not isinstance(msg, EndOfStream))
-
-
-class Receiver:
-    """A PULL socket that yields validated messages; malformed ones are counted and dropped.
-
-    ``streams`` > 0 (a run with that many streams) also refuses a forged end-of-stream
-    (:class:`StreamLedger`).
-    """
-
-    def __init__(self, sock: zmq.Socket, expect: tuple[type[Message], ...] | None = None,
-                 streams: int = 0) -> None:
-        self.sock = sock
-        self.expect = expect
-        self.poller = zmq.Poller()
-        self.poller.register(sock, zmq.POLLIN)
-        self.malformed = 0
-        self.last_error = ""
-        self.ledger = StreamLedger(streams)
-
-    @property
-    def streams(self) -> int:
-        return self.ledger.limit
-
-    @streams.setter
-    def streams(self, value: int) -> None:
-        self.ledger = StreamLedger(value)
-
-    def recv(self, timeout_ms: float | None) -> Message | None:
-        """The next valid message, or None when ``timeout_ms`` passed without one."""
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        while True:
-            wait = None if deadline is None else max(0, (deadline - time.monotonic()) * 1000)
-            if not self.poller.poll(wait):
-                return None
-            parts = self.sock.recv_multipart(copy=False)
-            try:
-                msg = decode(parts, self.expect)
-                self.ledger.check(msg)
-                return msg
-            except WireError as exc:
-                self.malformed += 1
-                self.last_error = str(exc)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
-
-
-class Sender:
-    """A PUSH socket; :meth:`send` blocks while the peer's queue is full (lossless).
-
-    ``monitor`` (from :func:`peer_monitor`) lets :meth:`wait_for_peers_to_leave` hold the
-    socket open after the end-of-stream until the receiving stage has gone.
-    """
-
-    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None = None) -> None:
-        self.sock = sock
-        self.monitor = monitor
-        self.peers = 0  # connections now up, from the monitor's events
-        self.sent = 0
-        self.blocked_s = 0.0
-
-    def _read_events(self, timeout_ms: int) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
-        while self.monitor is not None and self.monitor.poll(timeout_ms):
-            event = recv_monitor_message(self.monitor)["event"]
-            self.peers += {zmq.EVENT_CONNECTED: 1, zmq.EVENT_DISCONNECTED: -1}.get(event, 0)
-            timeout_ms = 0
-
-    def wait_for_peers_to_leave(self, timeout_s: float) -> bool:
-        """After the last message: wait until every peer has disconnected (it read all and
-        closed), at most ``timeout_s``; True if they did.
-
-        libzmq can drop the last messages of a PUSH socket that is closed while its peer's
-        queue is full, linger or not (a lost end-of-stream hung whole runs, at random);
-        a socket kept open until the peer leaves cannot lose them.
-        """
-        deadline = time.monotonic() + timeout_s
-        self._read_events(0)
-        while self.peers > 0 and time.monotonic() < deadline:
-            self._read_events(int(min(200, max(1, (deadline - time.monotonic()) * 1000))))
-        return self.peers <= 0
-
-    def close_monitor(self) -> None:
-        if self.monitor is not None:
-            self.sock.disable_monitor()
-            self.monitor.close(0)
-            self.monitor = None
-
-    def send(self, msg: Message) -> None:
-        parts = msg.encode()
-        try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            start = time.perf_counter()
-            self.sock.send_multipart(parts, copy=False)
-            self.blocked_s += time.perf_counter() - start
-        self.sent += 1
-
-
-def peer_monitor(sock: zmq.Socket) -> zmq.Socket:
-    """A monitor of ``sock``'s connections (attach it before connecting: ``before_connect``)."""
-    return sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-
-
-@contextlib.contextmanager
-def private_ipc_dir(prefix: str = "gimefive-") -> Iterator[Path]:
-    """A fresh directory (mode 0700) for ``ipc://`` sockets, removed on exit; the folders
-    of earlier runs that died (SIGKILL) are removed first (see :mod:`private_dir`)."""
-    from gimefive.pipeline.private_dir import mark_owner, remove_stale
-
-    remove_stale(prefix)
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(path, 0o700)
-    mark_owner(path)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def ipc_endpoint(directory: Path, name: str) -> str:
-    endpoint = f"ipc://{directory / name}.sock"
-    if len(endpoint) > 100:  # sun_path is ~107 bytes on Linux
-        raise GimefiveError(f"ipc path too long for a unix socket: {endpoint}")
-    return endpoint
 
 
 def replace(msg: Message, **changes: Any) -> Message:

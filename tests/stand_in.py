@@ -1,4 +1,7 @@
-"""A stand-in GiMeFive for tests and benchmarks on machines without shipped weights.
+"""A stand-in GiMeFive for tests (and benchmarks, via ``sys.path``) without shipped weights.
+
+Not shipped: nothing the CLI runs needs it (``gimefive bench`` makes its own random-init
+weights when none are shipped).
 
 Fresh BatchNorm layers have mean 0, variance 1, scale 1 and shift 0, which would leave
 the BN-scale part of the closed-form gradient untested; this model gets seeded,
