@@ -138,14 +138,18 @@ def evaluate(name, method, n_calib, fp32, x, y, ref, args, workdir, avx2_idx):
     path = workdir / f"int8-{len(os.listdir(workdir))}.onnx"
     quantize_int8(fp32, path, calibration_faces(n_calib).x, method=method)
     built = time.perf_counter() - t0
-    pred = predict(path, x).argmax(1)
+    probs = predict(path, x)
+    pred = probs.argmax(1)
     row = {"config": name, "method": asdict(method), "tag": method.tag,
            "calibration_faces": n_calib, "build_seconds": round(built, 1),
            "accuracy": float((pred == y).mean()), "agreement": float((pred == ref).mean()),
            "cam_mean_abs_diff": cam_difference(fp32, path, x[:CAM_FACES])}
     if len(avx2_idx):
-        emu = emulated_avx2(path, x[avx2_idx], workdir).argmax(1)
+        emu_probs = emulated_avx2(path, x[avx2_idx], workdir)
+        emu = emu_probs.argmax(1)
         row["avx2_faces"] = len(avx2_idx)
+        row["native_agreement_same_faces"] = float((pred[avx2_idx] == ref[avx2_idx]).mean())
+        row["avx2_vs_native_max_prob_diff"] = float(np.abs(emu_probs - probs[avx2_idx]).max())
         row["avx2_accuracy"] = float((emu == y[avx2_idx]).mean())
         row["avx2_agreement"] = float((emu == ref[avx2_idx]).mean())
     print(f"  {name:44s} {row['accuracy'] * 100:6.2f}%  agree {row['agreement'] * 100:6.2f}%"
@@ -188,8 +192,10 @@ def markdown(result) -> str:
                  f"{r['accuracy'] * 100:.2f}%", f"{(r['accuracy'] - fp) * 100:+.2f}",
                  f"{r['agreement'] * 100:.2f}%", f"{r['cam_mean_abs_diff']:.3f}"]
         if avx2:
-            cells.append(f"{r['avx2_agreement'] * 100:.1f}% of {r['avx2_faces']}"
-                         if "avx2_agreement" in r else "")
+            cells.append(f"{r['avx2_agreement'] * 100:.1f}% of {r['avx2_faces']} (native "
+                         f"{r['native_agreement_same_faces'] * 100:.1f}%, max prob diff "
+                         f"{r['avx2_vs_native_max_prob_diff']:.2g})" if "avx2_agreement" in r
+                         else "")
         lines.append("| " + " | ".join(cells) + " |")
     if not result["speed"]:
         return "\n".join(lines) + "\n"

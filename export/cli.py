@@ -5,32 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from gimefive.export.run import DEFAULT_CONFIG, ExportConfig, load_export_config, run_export
 
-from gimefive.config import shipped_config
+from gimefive.config_cli import config_options
+from gimefive.errors import GimefiveError
 from gimefive.labels import UNCERTAIN_THRESHOLD
 
 CAM_LAYERS = click.Choice(["conv5", "conv4"])
 
 
+#: the export settings offered as flags (the rest: --config FILE)
+EXPORT_FLAGS = ("format", "precision", "cam_layer", "class_input", "weights", "output")
+
+
 @click.command("export", context_settings={"show_default": True})
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default=None,
-              help="onnx (any machine) or tensorrt (needs an NVIDIA GPU with TensorRT). "
-                   "[default: onnx]")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="onnx: fp32 or int8 (static, calibrated on training faces); tensorrt: "
-                   "fp32, fp16 or int8. [default: fp32]")
-@click.option("--cam-layer", type=CAM_LAYERS, default=None,
-              help="Grad-CAM layer: conv5 (4x4, the paper's) or conv4 (8x8). [default: conv5]")
-@click.option("--class-input", is_flag=True, default=None,
-              help="Add an int64 input 'class_index' [N] choosing the explained class.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="A .safetensors from `gimefive train` or the paper's .pth. "
-                   "[default: the shipped weights]")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Where to write the model. [default: gimefive-<layer>.onnx/.engine]")
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              default=shipped_config("export.yaml"), help="Defaults for every option.")
-def export_command(fmt, precision, cam_layer, class_input, weights, output, config_path):
+@config_options(ExportConfig, *EXPORT_FLAGS)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help=f"YAML config, the keys it changes [default: {DEFAULT_CONFIG.name} "
+                   "from configs/].")
+def export_command(overrides, config_path):
     """Export GiMeFive to ONNX or TensorRT with probabilities and Grad-CAM in one pass.
 
     Outputs `probs` [N,6] and `cam` [N,h,w] (the predicted class's Grad-CAM, 0..1 per
@@ -40,15 +33,8 @@ def export_command(fmt, precision, cam_layer, class_input, weights, output, conf
 
     Example: gimefive export --format onnx -o gimefive.onnx
     """
-    from gimefive.export.run import load_export_config, run_export
-
-    from gimefive.errors import GimefiveError
-
     try:
-        config = load_export_config(
-            config_path, format=fmt, precision=precision, cam_layer=cam_layer,
-            class_input=class_input, weights=str(weights) if weights else None,
-            output=str(output) if output else None)
+        config = load_export_config(config_path, **overrides)
     except GimefiveError as exc:
         raise click.BadParameter(str(exc)) from None
     report = run_export(config)

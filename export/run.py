@@ -43,9 +43,11 @@ class ExportConfig:
                                 "the explained class.")
     opset: int = setting(17, min=13, help="ONNX opset.")
     weights: str | None = setting(None, path=True, help="A .safetensors from `gimefive "
-                                  "train` or the paper's .pth; null: the shipped weights.")
-    output: str | None = setting(None, path=True, help="Where to write the model; null: "
-                                 "gimefive-<layer>[-<precision>].onnx / .engine here.")
+                                  "train` or the paper's .pth; not given (null): the "
+                                  "shipped weights.")
+    output: str | None = setting(None, path=True, flag="-o --output", help="Where to write "
+                                 "the model; not given (null): gimefive-<layer>"
+                                 "[-<precision>].onnx / .engine here.")
     verify_faces: int = setting(64, min=1, help="RAF-DB test faces (else astronaut + "
                                 "synthetic) compared with PyTorch autograd Grad-CAM.")
     calibration_faces: int = setting(2048, min=1, help="RAF-DB training crops for INT8 "

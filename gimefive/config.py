@@ -179,6 +179,7 @@ DEFAULT_FILES: dict[str, Callable[[], type]] = {
     "annotate.yaml": lambda: _attr("gimefive.pipeline.config", "AnnotateConfig"),
     "monitor.yaml": lambda: _attr("gimefive.pipeline.live_monitor", "MonitorConfig"),
     "export.yaml": lambda: _attr("gimefive.export.run", "ExportConfig"),
+    "train_default.yaml": lambda: _attr("gimefive.train.config", "TrainConfig"),
 }
 
 

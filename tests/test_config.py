@@ -50,7 +50,7 @@ def test_default_configs_are_package_resources():
     from gimefive.export.run import DEFAULT_CONFIG as export_default
     from gimefive.pipeline.config import DEFAULT_CONFIG as annotate_default
     from gimefive.pipeline.live_monitor import DEFAULT_MONITOR_CONFIG
-    from gimefive.train.cli import DEFAULT_CONFIG as train_default
+    from gimefive.train.config import DEFAULT_CONFIG as train_default
 
     from gimefive.config import shipped_config
 

@@ -81,6 +81,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_annotate_astronaut_end_to_end(tmp_path, clip, weights):
     path, truth = clip
     out, jsonl, npz = tmp_path / "out.mp4", tmp_path / "faces.jsonl", tmp_path / "cams.npz"
@@ -124,6 +125,7 @@ def gimefive(*args: str, **kw) -> subprocess.Popen:
                             text=True, **kw)
 
 
+@pytest.mark.integration
 def test_stage_error_fails_the_run_with_one_line(tmp_path, clip):
     bad = tmp_path / "other.pth"
     torch.save({"layer.weight": torch.zeros(2)}, bad)
@@ -136,6 +138,7 @@ def test_stage_error_fails_the_run_with_one_line(tmp_path, clip):
                            f"weights"), line
 
 
+@pytest.mark.integration
 def test_a_killed_stage_fails_the_run_and_sockets_are_removed(tmp_path, clip, weights):
     proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o.mp4"), "--weights",
                     str(weights), "--backend", "torch", "-q")
@@ -152,6 +155,7 @@ def test_a_killed_stage_fails_the_run_and_sockets_are_removed(tmp_path, clip, we
     assert not ipc_dir.exists()
 
 
+@pytest.mark.integration
 def test_bad_flags_and_paths_are_one_line(tmp_path, clip):
     proc = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o.mp4"), "--detect-every",
                     "0")

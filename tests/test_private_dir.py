@@ -19,6 +19,7 @@ def folder(parent, name, owner: int | None, mode=0o700):
     return path
 
 
+@pytest.mark.integration
 def test_only_our_folders_of_dead_runs_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)

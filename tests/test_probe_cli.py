@@ -96,7 +96,8 @@ EXPECTED = {
 }
 CASES = ["missing file", "a directory", "text file named .mp4", "truncated MP4",
          "no video stream", "zero-length file", "unsupported codec", "unreachable RTSP host",
-         "wrong RTSP path", "output folder does not exist", "output folder not writable",
+         pytest.param("wrong RTSP path", marks=pytest.mark.integration),  # a real server
+         "output folder does not exist", "output folder not writable",
          "frame larger than max_pixels", "0x0 frame size"]
 
 

@@ -15,6 +15,7 @@ from gimefive.pipeline.stages.source import FrameFeed
 from rtsp_server import RtspServer, server_unavailable_reason
 from waiting import wait_until
 
+pytestmark = pytest.mark.integration  # a real RTSP server in every test
 RECONNECT_LIMIT_S = 5.0
 
 

@@ -41,6 +41,7 @@ def frame(i: int, size=(64, 48)) -> np.ndarray:
     return np.full((size[1], size[0], 3), i * 7 % 255, np.uint8)
 
 
+@pytest.mark.integration
 def test_segments_roll_over_and_concat_reads_all(tmp_path):
     writer = SegmentWriter(tmp_path / "cam.mp4", segment_s=1.0, fps=25)
     for i in range(60):
@@ -130,6 +131,7 @@ def run_writer_until(tmp_path, frames: int, sig: signal.Signals) -> int:
     return int(rest[-1]) if rest else written
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finalises_everything_written(tmp_path, sig):
     written = run_writer_until(tmp_path, 110, sig)
@@ -139,6 +141,7 @@ def test_signal_finalises_everything_written(tmp_path, sig):
     assert count_frames(tmp_path / "live.ffconcat") == written
 
 
+@pytest.mark.integration
 def test_sigkill_loses_at_most_one_fragment(tmp_path):
     written = run_writer_until(tmp_path, 110, signal.SIGKILL)
     segments = sorted(tmp_path.glob("live_*.mp4"))
@@ -149,6 +152,7 @@ def test_sigkill_loses_at_most_one_fragment(tmp_path):
         assert n == counts[-1]
 
 
+@pytest.mark.integration
 def test_rtsp_push_reaches_a_real_server():
     reason = RelayServer.unavailable_reason()
     if reason:
@@ -198,6 +202,7 @@ def test_rtsp_push_without_server_counts_drops_and_never_blocks():
     assert stats["pushed"] == 0 and stats["dropped"] == 50 and stats["connects"] == 0
 
 
+@pytest.mark.integration
 def test_ffconcat_escapes_a_quote_in_the_name(tmp_path):
     """ffconcat quoting: a ``'`` in a segment's name is written as ``'\\''``, so the list
     still names the real files (and nothing else)."""

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 
+import click
 import pytest
 from click.testing import CliRunner
 from gimefive.export.run import ExportConfig
 from gimefive.pipeline.config import AnnotateConfig
 from gimefive.pipeline.live_monitor import MonitorConfig
 from gimefive.pipeline.live_source import LiveOptions
+from gimefive.train.config import TrainConfig
 
-from gimefive.config import DEFAULT_FILES, check_settings, render_defaults, shipped_config
+from gimefive.config import (
+    DEFAULT_FILES,
+    check_settings,
+    load_config,
+    render_defaults,
+    shipped_config,
+)
 from gimefive.errors import GimefiveError
 
-SCHEMAS = [AnnotateConfig, MonitorConfig, ExportConfig, LiveOptions]
+SCHEMAS = [AnnotateConfig, MonitorConfig, ExportConfig, LiveOptions, TrainConfig]
 
 
 @pytest.mark.parametrize("cls", SCHEMAS, ids=lambda c: c.__name__)
@@ -70,6 +78,10 @@ def test_runtime_facts_are_not_user_settings():
     (AnnotateConfig, dict(smoothing_alpha=0.0), "expected in (0, 1]"),
     (MonitorConfig, dict(transport="http"), "monitor config 'transport'"),
     (ExportConfig, dict(cam_layer="conv3"), "cam_layer"),
+    (TrainConfig, dict(schedule="step"),
+     "train config 'schedule': expected one of constant, cosine, onecycle"),
+    (TrainConfig, dict(val_fraction=1.0), "train config 'val_fraction': expected in [0, 1)"),
+    (TrainConfig, dict(epochs=0), "train config 'epochs': expected >= 1"),
 ])
 def test_validation_comes_from_the_metadata(cls, bad, message):
     with pytest.raises(GimefiveError) as info:
@@ -88,6 +100,10 @@ def test_check_settings_skips_none():
     ("monitor", {"--transport": "[default: tcp]", "--stall-timeout": "[default: 5.0]",
                  "--max-reconnects": "[default: -1]", "--status-every": "[default: 10.0]",
                  "--segment": "[default: 10.0]", "--detect-every": "[default: 1]"}),
+    ("export", {"--format": "[default: onnx]", "--precision": "[default: fp32]",
+                "--cam-layer": "[default: conv5]"}),
+    ("train", {"--epochs": "[default: 30]", "--batch-size": "[default: 64]",
+               "--lr": "[default: 0.001]", "--precision": "[default: auto]"}),
 ])
 def test_help_shows_the_dataclass_defaults(command, shown):
     from gimefive.cli import cli
@@ -97,8 +113,25 @@ def test_help_shows_the_dataclass_defaults(command, shown):
     options = text[text.index("Options:"):]
     for flag, default in shown.items():
         after = options[options.index(flag + " "):]
-        assert default in after[:after.index(" --", 2)], flag
+        own = after[:after.index(" --", 2)]
+        assert default in own and own.count("[default:") == 1, flag  # shown, not restated
     assert "[config:" not in text
+
+
+@pytest.mark.parametrize("command, cls", [("annotate", AnnotateConfig),
+                                          ("export", ExportConfig), ("train", TrainConfig)])
+def test_options_named_after_fields_come_from_the_dataclass(command, cls):
+    """An option that sets a config field shows that field's own help and default."""
+    from gimefive.cli import cli
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = cli.get_command(click.Context(cli), command).params
+    offered = [p for p in params if p.name in fields]
+    assert offered
+    for param in offered:
+        field = fields[param.name]
+        assert (param.help, param.default) == (field.metadata["help"], field.default), \
+            param.name
 
 
 def test_cli_flags_override_only_what_was_given(tmp_path, monkeypatch):
@@ -142,3 +175,24 @@ def test_one_uncertain_threshold_reader(tmp_path):
     assert uncertain_threshold_of(path) == 0.55
     assert uncertain_threshold_of(None, {"uncertain_threshold": 0.3}) == 0.3
     assert uncertain_threshold_of(None, {"uncertain_threshold": "x"}) == UNCERTAIN_THRESHOLD
+
+
+RECIPES = sorted(p.name for p in shipped_config("train_default.yaml").parent.glob("train_*"))
+
+
+def test_train_default_is_the_generated_defaults():
+    """`gimefive train` without --config runs the dataclass's defaults, documented."""
+    assert DEFAULT_FILES["train_default.yaml"]() is TrainConfig
+    assert load_config(TrainConfig, shipped_config("train_default.yaml")) == TrainConfig()
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_train_recipe_is_a_valid_train_config(name):
+    """The recipes hold TrainConfig keys only, each in its field's range, so a renamed
+    field or a narrowed range fails here rather than at the start of a long run."""
+    import yaml
+
+    keys = set(yaml.safe_load(shipped_config(name).read_text()))
+    assert keys <= {f.name for f in dataclasses.fields(TrainConfig)}, name
+    config = load_config(TrainConfig, shipped_config(name))
+    check_settings(config, "train config")

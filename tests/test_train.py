@@ -266,4 +266,4 @@ def test_bad_flag_is_bad_parameter(bad_data, capsys):
     tmp_path, images, csv_path = bad_data
     code, out, err = run_cli(capsys, *_train_args(images, csv_path, tmp_path / "r"),
                              "--epochs", "0")
-    assert code == 2 and "--epochs" in err and "must be positive" in err
+    assert code == 2 and "--epochs" in err and "must be >= 1, got 0" in err

@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 import click
+from gimefive.train.config import DEFAULT_CONFIG, TrainConfig
 
-from gimefive.config import shipped_config
+from gimefive.config_cli import config_options
 from gimefive.labels import UNCERTAIN_THRESHOLD
 
-DEFAULT_CONFIG = shipped_config("train_default.yaml")
+#: the recipe settings `train` offers as flags (all others: --config FILE)
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "max_train_images", "precision",
+               "threads")
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value):
@@ -26,31 +29,20 @@ def _positive(ctx: click.Context, param: click.Parameter, value):
 @click.option("--train-csv", required=True, type=click.Path(path_type=Path),
               help="Labels CSV, rows 'filename,label' (no header; labels 0..5). A stratified "
                    "validation split is carved from it; never pass test files here.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              default=DEFAULT_CONFIG,
-              help="Recipe YAML (optimizer, schedule, augmentation, epochs, ...). With "
-                   "--resume the run's own config.yaml is used instead.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Recipe YAML (optimizer, schedule, augmentation, epochs, ...) [default: "
+                   f"{DEFAULT_CONFIG.name} from configs/]. With --resume the run's own "
+                   "config.yaml is used instead. Flags override it.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder: best.safetensors, state.pt, config.yaml, metrics.csv/json.")
-@click.option("--epochs", type=int, callback=_positive, help="Override the config's epochs.")
-@click.option("--batch-size", type=int, callback=_positive, help="Override the batch size.")
-@click.option("--lr", type=float, callback=_positive, help="Override the peak learning rate.")
-@click.option("--seed", type=int, help="Override the random seed.")
-@click.option("--max-train-images", type=int, callback=_positive,
-              help="Train on a stratified subset of this many faces (quick runs).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
-              help="auto = bf16 where the hardware has native bf16 (AMX, CUDA), else fp32.")
-@click.option("--threads", type=int, callback=_positive,
-              help="Torch CPU threads (default: all cores).")
+@config_options(TrainConfig, *TRAIN_FLAGS)
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its state.pt (epoch, optimizer, RNG).")
 @click.option("--strict", is_flag=True,
               help="Stop at the first missing or unreadable image instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_command(data_dir: Path, train_csv: Path, config_path: Path, out_dir: Path,
-                  epochs, batch_size, lr, seed, max_train_images, precision, threads,
-                  resume: bool,
-                  strict: bool, quiet: bool) -> None:
+def train_command(data_dir: Path, train_csv: Path, config_path: Path | None, out_dir: Path,
+                  overrides: dict, resume: bool, strict: bool, quiet: bool) -> None:
     """Train GiMeFive on an image folder plus a labels CSV.
 
     \b
@@ -66,9 +58,7 @@ def train_command(data_dir: Path, train_csv: Path, config_path: Path, out_dir: P
     own_config = out_dir / CONFIG_FILE
     if resume and own_config.is_file():
         config_path = own_config
-    config = load_train_config(config_path, epochs=epochs, batch_size=batch_size, lr=lr,
-                               seed=seed, max_train_images=max_train_images,
-                               precision=precision, threads=threads)
+    config = load_train_config(config_path, **overrides)
     started = time.monotonic()
     result = train(config, data_dir, train_csv, out_dir, resume=resume, strict=strict,
                    progress=not quiet)

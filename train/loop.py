@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gimefive.train.config import TrainConfig, load_train_config
 from gimefive.train.data import (
-    Augment,
     FaceDataset,
     FaceSplit,
     collate_faces,
@@ -44,78 +44,13 @@ from gimefive.train.evaluate import (
 )
 
 from gimefive.checkpoint import save_weights
-from gimefive.config import load_config, save_config, shipped_config, to_dict
+from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError
 from gimefive.labels import EMOTIONS
 from gimefive.model import GiMeFive, ModelConfig
 
-DEFAULT_CONFIG = shipped_config("train_default.yaml")
 STATE_FILE, BEST_FILE, CONFIG_FILE = "state.pt", "best.safetensors", "config.yaml"
-SCHEDULES = ("constant", "cosine", "onecycle")
-PRECISIONS = ("auto", "bf16", "fp32")
-AUGMENT_ON = ("auto", "loader", "device")
 SYNC_EVERY = 50  # steps between reading the loss back from the device (each read syncs)
-
-
-@dataclass
-class TrainConfig:
-    """Recipe of one training run (defaults: the paper's optimizer)."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "constant"  # constant | cosine | onecycle (linear warm-up + cosine)
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    val_fraction: float = 0.1
-    early_stopping_patience: int = 8  # epochs without val improvement; 0 disables
-    seed: int = 0
-    flip: bool = False
-    max_shift: float = 0.0
-    max_rotate: float = 0.0
-    max_scale: float = 0.0
-    max_train_images: int = 0  # 0 = all; else a stratified subset (quick runs)
-    epoch_images: int = 0  # faces per epoch; 0 = one pass. Else consecutive chunks of
-    # an endless shuffled stream, so every face is seen once before any repeats.
-    precision: str = "auto"  # auto: bf16 where the hardware runs it fast, else fp32
-    channels_last: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads; 0 = all cores
-    num_workers: int = 0  # DataLoader workers (0 or 1 on a 2-core machine)
-    augment_on: str = "auto"  # loader: OpenCV per face; device: batched on the training
-    # device (train/device_augment.py); auto: device on CUDA, else loader
-    eval_batch_size: int = 256
-    checkpoint_minutes: float = 10.0
-    cache_dir: str = "auto"  # auto: $GIMEFIVE_CACHE or ~/.cache/gimefive; "" disables
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs", "at least 1"),
-            (self.batch_size >= 1, "batch_size", "at least 1"),
-            (self.lr > 0, "lr", "positive"),
-            (0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)"),
-            (0.0 <= self.label_smoothing < 1.0, "label_smoothing", "in [0, 1)"),
-            (self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}"),
-            (self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}"),
-            (self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda"),
-            (self.num_workers >= 0, "num_workers", "0 or more"),
-            (self.augment_on in AUGMENT_ON, "augment_on", f"one of {AUGMENT_ON}"),
-            (self.epoch_images >= 0, "epoch_images", "0 or more"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise GimefiveError(
-                    f"train config {key!r}: expected {expected}, got {getattr(self, key)!r}")
-
-    def augment(self) -> Augment:
-        return Augment(self.flip, self.max_shift, self.max_rotate, self.max_scale)
-
-
-def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
-    return load_config(TrainConfig, path if path is not None else DEFAULT_CONFIG, **overrides)
 
 
 # ----------------------------------------------------------------------------- set-up
