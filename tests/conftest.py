@@ -49,6 +49,19 @@ def astronaut_bgr() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """Random-init GiMeFive weights (seed 0): for runs that check the plumbing, not the
+    accuracy. A test module may override it (e.g. with its own uncertain threshold)."""
+    import torch
+
+    from gimefive.checkpoint import save_weights
+    from gimefive.model import GiMeFive
+
+    torch.manual_seed(0)
+    return save_weights(tmp_path_factory.mktemp("w") / "random.safetensors", GiMeFive().eval())
+
+
 # ----------------------------------------------------------------------------- hygiene
 # A test that leaves a stage, server or encoder process running slows down or hangs every
 # test after it (2 cores). After each test, any descendant process started during it and

@@ -49,6 +49,15 @@ def server_unavailable_reason() -> str | None:
     return None
 
 
+def skip_without_server() -> None:
+    """Skip the calling test, with the reason, where the RTSP test server cannot run."""
+    reason = server_unavailable_reason()
+    if reason:
+        import pytest
+
+        pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

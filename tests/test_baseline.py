@@ -9,23 +9,13 @@ from pathlib import Path
 
 import cv2
 import pytest
-import torch
 from gimefive.pipeline.bench import bench_file, system_bench
 from gimefive.pipeline.bench.scenes import astronaut_face, make_scene_video
-
-from gimefive.checkpoint import save_weights
-from gimefive.model import GiMeFive
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = bench_file("paper_baseline.py")
 WRAPPER = REPO / "benchmarks" / "paper_baseline.py"
 VENV_PYTHON = REPO / "benchmarks" / ".venv-baseline" / "bin" / "python"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_weights(tmp_path_factory.mktemp("w") / "random.safetensors", GiMeFive())
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,9 @@ import av
 import cv2
 import numpy as np
 import pytest
+from clips import write_still_clip
 from procs import child_processes
-from rtsp_server import RtspServer, free_port, server_unavailable_reason
+from rtsp_server import RtspServer, free_port, skip_without_server
 from waiting import wait_until
 
 from gimefive.cli import main
@@ -88,35 +89,14 @@ def stage_pids(parent: int) -> dict[str, int]:
             if len(args) >= 4 and args[2].startswith("gimefive.pipeline.")}
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    import torch
-
-    from gimefive.checkpoint import save_weights
-    from gimefive.model import GiMeFive
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "random.safetensors"
-    save_weights(path, GiMeFive())
-    return path
-
-
 @pytest.mark.slow
 def test_monitor_survives_outage_and_stage_crash(tmp_path, weights, astronaut_bgr):
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     image = tmp_path / "astronaut.png"
     cv2.imwrite(str(image), astronaut_bgr)
     out, jsonl, logs = tmp_path / "cam.mp4", tmp_path / "cam.jsonl", tmp_path / "logs"
     clip = tmp_path / "clip.mp4"  # a second camera: a file played at real time, looping
-    with av.open(str(clip), "w") as c:
-        stream = c.add_stream("libx264", rate=10)
-        stream.width, stream.height = 256, 256
-        face = cv2.resize(astronaut_bgr, (256, 256))
-        for _ in range(20):
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="bgr24")))
-        c.mux(stream.encode())
+    write_still_clip(clip, astronaut_bgr, (256, 256), 20)
     server = RtspServer(path="cam", image=str(image), width=320, height=320, fps=10).start()
     monitor = subprocess.Popen(
         [sys.executable, "-c", "from gimefive.cli import main; main()", "monitor", server.url,
@@ -206,13 +186,7 @@ def test_monitor_pushes_annotated_stream_to_rtsp(tmp_path, weights, astronaut_bg
     if reason:
         pytest.skip(reason)
     clip = tmp_path / "clip.mp4"
-    with av.open(str(clip), "w") as c:
-        stream = c.add_stream("libx264", rate=10)
-        stream.width, stream.height = 192, 192
-        face = cv2.resize(astronaut_bgr, (192, 192))
-        for _ in range(10):
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="bgr24")))
-        c.mux(stream.encode())
+    write_still_clip(clip, astronaut_bgr, (192, 192), 10)
     with RelayServer(path="annotated") as relay:
         monitor = subprocess.Popen(
             [sys.executable, "-c", "from gimefive.cli import main; main()", "monitor",

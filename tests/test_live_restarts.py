@@ -217,17 +217,6 @@ def test_supervisor_waits_out_the_backoff_without_blocking(tmp_path):
 
 
 # ----------------------------------------------------------------------- disk full, whole run
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    import torch
-
-    from gimefive.checkpoint import save_weights
-    from gimefive.model import GiMeFive
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "random.safetensors"
-    save_weights(path, GiMeFive())
-    return path
 
 
 @pytest.mark.slow

@@ -17,11 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
-import av
-import cv2
 import pytest
-from rtsp_server import RtspServer, server_unavailable_reason
-from test_live_monitor import weights  # noqa: F401 - the module's fixture, reused
+from clips import write_still_clip
+from rtsp_server import RtspServer, skip_without_server
 from waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -79,15 +77,13 @@ class MonitorRun:
 
 @pytest.fixture()
 def door_server():
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     server = RtspServer(path="door", width=160, height=120, fps=10).start()
     yield server
     server.stop()
 
 
-def test_last_camera_given_up_ends_the_run(tmp_path, weights, door_server):  # noqa: F811
+def test_last_camera_given_up_ends_the_run(tmp_path, weights, door_server):
     run = MonitorRun(tmp_path, weights, "-s", f"door={door_server.url}",
                      "--max-reconnects", "6")
     try:
@@ -128,16 +124,10 @@ def test_last_camera_given_up_ends_the_run(tmp_path, weights, door_server):  # n
     assert down[-1]["in_flight"] == 0, down
 
 
-def test_one_camera_given_up_the_other_goes_on(tmp_path, weights, door_server,  # noqa: F811
+def test_one_camera_given_up_the_other_goes_on(tmp_path, weights, door_server,
                                               astronaut_bgr):
     clip = tmp_path / "hall.mp4"  # the second camera: a file played at real time, looping
-    with av.open(str(clip), "w") as c:
-        stream = c.add_stream("libx264", rate=10)
-        stream.width, stream.height = 128, 128
-        face = cv2.resize(astronaut_bgr, (128, 128))
-        for _ in range(10):
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="bgr24")))
-        c.mux(stream.encode())
+    write_still_clip(clip, astronaut_bgr, (128, 128), 10)
     run = MonitorRun(tmp_path, weights, "-s", f"door={door_server.url}", "-s", f"hall={clip}",
                      "--max-reconnects", "1")
     try:

@@ -25,8 +25,7 @@ from pathlib import Path
 import av
 import cv2
 import pytest
-from rtsp_server import RtspServer, free_port, server_unavailable_reason
-from test_live_monitor import weights  # noqa: F401 - the module's fixture, reused
+from rtsp_server import RtspServer, free_port, skip_without_server
 from waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -35,9 +34,7 @@ GIMEFIVE = [sys.executable, "-c", "from gimefive.cli import main; main()"]
 
 @pytest.fixture()
 def camera(tmp_path, astronaut_bgr):
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     image = tmp_path / "astronaut.png"
     cv2.imwrite(str(image), astronaut_bgr)
     server = RtspServer(path="cam", image=str(image), width=192, height=192, fps=10).start()
@@ -94,7 +91,7 @@ def largest_gap(records_: list[dict]) -> tuple[float, int]:
     return max(gaps)
 
 
-def test_stages_as_separate_processes_read_a_camera(tmp_path, weights, camera):  # noqa: F811
+def test_stages_as_separate_processes_read_a_camera(tmp_path, weights, camera):
     ports = {name: free_port() for name in ("detect", "classify", "track", "annotate")}
     ep = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
     out, jsonl = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
@@ -135,7 +132,7 @@ def test_stages_as_separate_processes_read_a_camera(tmp_path, weights, camera): 
     assert indices == sorted(set(indices))
 
 
-def test_annotate_a_camera_through_a_server_restart(tmp_path, weights, camera):  # noqa: F811
+def test_annotate_a_camera_through_a_server_restart(tmp_path, weights, camera):
     out, jsonl = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
     run = Proc([*GIMEFIVE, "annotate", camera.url, "-o", str(out), "--json", str(jsonl),
                 "--weights", str(weights), "--backend", "torch", "--summary",
@@ -180,7 +177,7 @@ def test_annotate_a_camera_through_a_server_restart(tmp_path, weights, camera): 
     assert indices == sorted(set(indices))  # numbering continues across the outage
 
 
-def test_annotate_a_camera_given_up_publishes_what_was_recorded(tmp_path, weights,  # noqa: F811
+def test_annotate_a_camera_given_up_publishes_what_was_recorded(tmp_path, weights,
                                                                   camera):
     out, jsonl = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
     run = Proc([*GIMEFIVE, "annotate", camera.url, "-o", str(out), "--json", str(jsonl),

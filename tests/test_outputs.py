@@ -102,18 +102,6 @@ def test_source_fills_missing_pts_without_colliding(tmp_path):
     assert stage.counters["pts_repaired"] == 3
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    import torch
-
-    from gimefive.checkpoint import save_weights
-    from gimefive.model import GiMeFive
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "random.safetensors"
-    return save_weights(path, GiMeFive().eval())
-
-
 @pytest.mark.slow
 def test_annotate_writes_increasing_pts_for_a_broken_input(tmp_path, weights):
     """The crafted input through the whole pipeline: every frame kept, increasing pts in

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 from gimefive.pipeline.probe import ProbeError, check_output, probe_input
-from rtsp_server import RtspServer, free_port, server_unavailable_reason
+from rtsp_server import RtspServer, free_port, skip_without_server
 
 from gimefive.errors import GimefiveError
 
@@ -128,9 +128,7 @@ def test_rtsp_unreachable_host():
 
 @pytest.fixture(scope="module")
 def rtsp_server():
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     with RtspServer(path="cam", width=160, height=120) as server:
         yield server
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rtsp_server import RtspServer, free_port, server_unavailable_reason
+from rtsp_server import RtspServer, free_port, skip_without_server
 from test_probe import write_audio_only, write_video
 
 from gimefive.cli import main
@@ -19,9 +19,7 @@ from gimefive.cli import main
 
 @pytest.fixture(scope="module")
 def server():
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     with RtspServer(path="cam", width=160, height=120) as srv:
         yield srv
 
@@ -127,22 +125,9 @@ def _has_annotate() -> bool:
     return importlib.util.find_spec("gimefive.pipeline.cli") is not None
 
 
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    import torch
-
-    from gimefive.checkpoint import save_weights
-    from gimefive.model import GiMeFive
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
-    save_weights(path, GiMeFive())
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["odd-10bit-444-faces", "16x16-noface"])
-def test_awkward_inputs_give_valid_output(case, tmp_path, random_weights, astronaut_bgr):
+def test_awkward_inputs_give_valid_output(case, tmp_path, weights, astronaut_bgr):
     """Odd size + 10-bit 4:4:4 with real faces, and a 16x16 clip with none, through the
     whole `gimefive annotate` pipeline: every frame out, same size, faces where present."""
     import json
@@ -166,7 +151,7 @@ def test_awkward_inputs_give_valid_output(case, tmp_path, random_weights, astron
     out, jsonl = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
     try:
         main(["annotate", str(clip), "-o", str(out), "--json", str(jsonl), "--weights",
-              str(random_weights), "--backend", "torch", "-q"])
+              str(weights), "--backend", "torch", "-q"])
     except SystemExit as exc:
         assert exc.code in (0, None)
     with av.open(str(out)) as c:

@@ -12,7 +12,7 @@ import time
 import pytest
 from gimefive.pipeline.live_source import LiveOptions, RtspReader
 from gimefive.pipeline.stages.source import FrameFeed
-from rtsp_server import RtspServer, server_unavailable_reason
+from rtsp_server import RtspServer, skip_without_server
 from waiting import wait_until
 
 pytestmark = pytest.mark.integration  # a real RTSP server in every test
@@ -21,9 +21,7 @@ RECONNECT_LIMIT_S = 5.0
 
 @pytest.fixture()
 def server():
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     srv = RtspServer(path="cam", width=160, height=120).start()
     yield srv
     srv.stop()

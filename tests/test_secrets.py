@@ -23,7 +23,12 @@ from pathlib import Path
 
 import pytest
 from procs import descendants
-from rtsp_server import RelayServer, RtspServer, free_port, server_unavailable_reason
+from rtsp_server import (
+    RelayServer,
+    RtspServer,
+    free_port,
+    skip_without_server,
+)
 from waiting import wait_until
 
 from gimefive.cli import main
@@ -156,25 +161,10 @@ def test_stage_with_missing_value_file_is_one_line(capsys, tmp_path):
 # ------------------------------------------------------------ end to end, real server
 @pytest.fixture()
 def server():
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     srv = RtspServer(path="cam", width=160, height=120, fps=10).start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    import torch
-
-    from gimefive.checkpoint import save_weights
-    from gimefive.model import GiMeFive
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "random.safetensors"
-    save_weights(path, GiMeFive())
-    return path
 
 
 def test_404_path_line_is_redacted(capsys, tmp_path, server):
@@ -336,9 +326,7 @@ def test_annotate_rtsp_leaks_no_password(tmp_path, weights):
     publishes the outputs, the summary and the resolved config, none with the password.
     (Until issue 11 the stream's end failed the run; the one-line error paths are
     checked by the "no server" tests above.)"""
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_server()
     run_dir, inputs = tmp_path / "run", tmp_path / "input"
     run_dir.mkdir()
     inputs.mkdir()
