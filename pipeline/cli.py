@@ -63,7 +63,8 @@ def annotate_command(input_path, output, json_path, cam_npz, overrides, config_p
     `ps`); passwords are shown as *** in every line and file gimefive writes.
     """
     from gimefive.pipeline.config import load_annotate_config
-    from gimefive.pipeline.run import annotate_video, format_summary
+    from gimefive.pipeline.run import annotate_video
+    from gimefive.pipeline.summary import format_summary
 
     from gimefive.urls import from_arg_file
 

@@ -137,6 +137,7 @@ def test_options_named_after_fields_come_from_the_dataclass(command, cls):
 def test_cli_flags_override_only_what_was_given(tmp_path, monkeypatch):
     """A flag left at its shown default must not override the --config file."""
     import gimefive.pipeline.run as run
+    import gimefive.pipeline.summary as summary
 
     seen = {}
 
@@ -144,7 +145,7 @@ def test_cli_flags_override_only_what_was_given(tmp_path, monkeypatch):
         seen["config"] = config
 
     monkeypatch.setattr(run, "annotate_video", fake_run)
-    monkeypatch.setattr(run, "format_summary", lambda result: "")
+    monkeypatch.setattr(summary, "format_summary", lambda result: "")
     path = tmp_path / "mine.yaml"
     path.write_text("cam_every: 4\ncam_opacity: 0.2\n")
     from gimefive.cli import cli
