@@ -13,7 +13,14 @@ and reports itself as absent or failed instead of stopping the run, so one call 
 4. the face detector's fps (as the pipeline runs it) on 1080p frames, and the RetinaFace
    network alone on the CUDA execution provider where there is one;
 5. ``annotate`` fps on a generated 1080p clip with the torch CUDA backend and with
-   ``auto``.
+   ``auto``, with the decode path that ran;
+6. the GPU path of issue 14, part by part: decode fps with NVDEC and on the CPU, the torch
+   detector's fps (``gimefive.torch_detector``, reported absent where it is not there),
+   tensor crops + preprocessing faces/s (``pipeline/torch_crops.py``).
+
+``--dry-run`` (same as ``--device cpu``) runs parts 5 and 6 and a small classifier sweep
+on the CPU at tiny sizes, without a GPU, in seconds: it shows that the script starts and
+every part runs (tests/test_gpu_check.py); its figures are not measurements.
 
 Writes ``gpu_check.json`` (and ``gpu_check.md``) to ``$OUT`` when set, else to the
 current folder.
@@ -120,17 +127,25 @@ def sweep(make, label: str, cam_modes: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     import torch
 
     from gimefive.backends import create_backend
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--dry-run", action="store_true", help="same as --device cpu")
+    args = parser.parse_args(argv)
     out = Path(os.environ.get("OUT") or ".")
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     result["environment"] = environment()
     log(f"environment: {result['environment'].get('gpus')} torch "
         f"{result['environment']['torch']} CUDA {result['environment']['torch_cuda']}")
+    if args.dry_run or args.device == "cpu":
+        return dry_run(result, out)
     if not torch.cuda.is_available():
         print("gpu_check: torch sees no CUDA device; nothing to measure", file=sys.stderr)
         (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
@@ -176,6 +191,7 @@ def main() -> int:
     for backend in ("torch", "auto"):
         run_part(f"annotate_1080p_{backend}", result,
                  lambda b=backend: annotate_fps(clip, weights, b), min_left_s=60)
+    gpu_path_parts(result, clip, "cuda")
 
     result["budget_left_s"] = round(left(), 1)
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
@@ -243,6 +259,7 @@ def annotate_fps(clip: Path, weights: Path, backend: str) -> dict:
     return {"fps": res["fps"], "frames": res["frames"], "faces": res["faces"],
             "parallel_efficiency": res["parallel_efficiency"],
             "backend_used": res.get("info", {}).get("classify", {}).get("backend"),
+            "decode": res.get("info", {}).get("source", {}).get("decode"),
             "stages": {n: {"cpu_ms_per_frame": s["cpu_ms_per_frame"], "busy_fps": s["busy_fps"]}
                        for n, s in res["stages"].items()}}
 
@@ -270,8 +287,150 @@ def markdown(result: dict) -> str:
     for backend in ("torch", "auto"):
         a = result.get(f"annotate_1080p_{backend}", {})
         lines.append(f"annotate 1080p, backend {backend}: {a.get('fps', a)} fps "
-                     f"(engine {a.get('backend_used')})")
+                     f"(engine {a.get('backend_used')}, decode {a.get('decode')})")
+    for key in GPU_PATH_PARTS:
+        if key in result:
+            lines.append(f"{key}: {result[key]}")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ the GPU path (issue 14)
+
+GPU_PATH_PARTS = ("decode", "torch_detector", "torch_crops", "classifier_cpu",
+                  "annotate_dry_run")
+
+
+def gpu_path_parts(result: dict, clip: Path, device: str) -> None:
+    """Decode, torch detector and tensor crops on ``device``, each in its own part."""
+    run_part("decode", result, lambda: decode_fps(clip))
+    run_part("torch_detector", result, lambda: torch_detector_fps(clip, device))
+    run_part("torch_crops", result, lambda: torch_crops_fps(clip, device))
+
+
+def timed_rate(fn, items_per_call: int, seconds: float, sync=None) -> float:
+    """Items per second of ``fn`` over at least ``seconds`` (after one warm-up call)."""
+    fn()
+    if sync:
+        sync()
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        if sync:
+            sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and calls >= 2:
+            return round(calls * items_per_call / elapsed, 1)
+
+
+def decode_fps(clip: Path) -> dict:
+    """Whole-clip decode to BGR arrays, NVDEC and CPU, with the path that really ran."""
+    from gimefive.pipeline.readers import open_reader
+
+    from gimefive.errors import GimefiveError
+
+    out = {}
+    for device in ("cuda", "cpu"):
+        try:
+            reader = open_reader(str(clip), "file", decode_device=device)
+        except GimefiveError as exc:
+            out[device] = {"unavailable": str(exc)}
+            continue
+        t0 = time.perf_counter()
+        try:
+            n = sum(1 for _ in reader.read())
+            out[device] = {"fps": round(n / (time.perf_counter() - t0), 1), "frames": n,
+                           "path": reader.info()["decode"]}
+        except GimefiveError as exc:
+            out[device] = {"failed": str(exc)}
+        finally:
+            reader.close()
+        log(f"  decode {device}: {out[device]}")
+    return out
+
+
+def _clip_frames(clip: Path, n: int):
+    import av
+    import numpy as np
+
+    with av.open(str(clip)) as c:
+        frames = [f.to_ndarray(format="bgr24") for _, f in zip(range(n), c.decode(video=0),
+                                                                      strict=False)]
+    return np.stack(frames)
+
+
+def _sync(device: str):
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else None
+
+
+def torch_detector_fps(clip: Path, device: str, batch: int = 8) -> dict:
+    """The torch RetinaFace on ``device``: frames already there, and from host memory."""
+    import torch
+
+    try:
+        from gimefive.torch_detector import TorchFaceDetector
+    except ImportError as exc:
+        return {"absent": f"gimefive.torch_detector not importable ({exc})"}
+    frames = torch.from_numpy(_clip_frames(clip, batch))
+    det = TorchFaceDetector(device=device, max_batch=batch)
+    on_device = frames.to(device)
+    n = int(det.detect_tensor(on_device)[-1].sum())
+    seconds = 2.0 if device == "cuda" else 0.5
+    return {"frame_size": list(frames.shape[1:3]), "batch": len(frames), "faces_first_batch": n,
+            "fps_frames_on_device": timed_rate(lambda: det.detect_tensor(on_device),
+                                               len(frames), seconds, _sync(device)),
+            "fps_frames_from_host": timed_rate(lambda: det.detect_tensor(frames), len(frames),
+                                               seconds, _sync(device)),
+            "half": det.half}
+
+
+def torch_crops_fps(clip: Path, device: str, faces: int = 64) -> dict:
+    """Tensor crops + preprocessing faces/s: ``faces`` squares of 24..200 px per frame."""
+    import numpy as np
+    import torch
+    from gimefive.pipeline.torch_crops import preprocess_crops_torch
+
+    frame = _clip_frames(clip, 1)[0]
+    h, w = frame.shape[:2]
+    rng = np.random.default_rng(0)
+    crops = np.column_stack([rng.uniform(0, w, faces), rng.uniform(0, h, faces),
+                             rng.uniform(24, 200, faces), rng.uniform(-20, 20, faces)]
+                            ).astype(np.float32)
+    on_device = torch.from_numpy(frame).to(device)
+    seconds = 2.0 if device == "cuda" else 0.5
+    return {"faces_per_call": faces, "frame_size": [h, w],
+            "faces_per_s": timed_rate(lambda: preprocess_crops_torch([on_device], [crops]),
+                                      faces, seconds, _sync(device))}
+
+
+def dry_run(result: dict, out: Path) -> int:
+    """Every new part on the CPU at tiny sizes: the script is known to start and run."""
+    from gimefive.pipeline.bench.scenes import default_faces, make_scene_video
+
+    from gimefive.backends import create_backend
+
+    result["mode"] = "dry run on the CPU (tiny sizes; figures are not measurements)"
+    weights, result["weights"] = _weights()
+    clip = Path(tempfile.mkdtemp(prefix="gpu-check-")) / "scene_tiny.mp4"
+    make_scene_video(clip, default_faces(4)[0], 320, 180, 10, 25, seed=0)
+    gpu_path_parts(result, clip, "cpu")
+
+    def classifier() -> dict:
+        backend = create_backend("torch", weights=weights, device="cpu")
+        try:
+            return {"batch": 8, "faces_per_s_cam": round(faces_per_second(
+                backend, 8, cam=True, seconds=0.3), 1)}
+        finally:
+            backend.close()
+
+    run_part("classifier_cpu", result, classifier)
+    run_part("annotate_dry_run", result, lambda: annotate_fps(clip, weights, "torch"))
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+    failed = [k for k in GPU_PATH_PARTS if "error" in result.get(k, {})]
+    log(f"dry run wrote {out / 'gpu_check.json'}; failed parts: {failed or 'none'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

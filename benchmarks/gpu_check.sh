@@ -9,9 +9,15 @@
 # Run on an H200 on 30 Nov 2026 (benchmarks/results/gpu_check/, README results): every
 # part except onnxruntime-gpu and TensorRT, which that image lacked (reported absent).
 # It fails early and clearly without a GPU (exit 3).
+#   bash benchmarks/gpu_check.sh --dry-run  # no GPU needed: every part of the GPU path
+#                                           # (issue 14) at tiny sizes on the CPU, seconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
+
+if [[ "${1:-}" == "--dry-run" || "${*}" == *"--device cpu"* ]]; then
+  exec "$PY" benchmarks/gpu_check.py "$@"
+fi
 
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   echo "gpu_check: nvidia-smi not found: this needs an NVIDIA GPU with its driver" >&2
@@ -37,4 +43,4 @@ fi
 nvidia-smi
 # 7 minutes for the measurements, leaving room for start-up inside the 8-minute call
 export GPU_CHECK_BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"
-exec timeout --signal=INT 470 "$PY" benchmarks/gpu_check.py
+exec timeout --signal=INT 470 "$PY" benchmarks/gpu_check.py "$@"

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "keys": "gimefive.pipeline.cli:keys_command",
     "monitor": "gimefive.pipeline.monitor_cli:monitor_command",
     "bench": "gimefive.pipeline.bench_cli:bench_command",
+    "report": "gimefive.pipeline.report.cli:report_command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -45,6 +46,7 @@ SHORT_HELP: dict[str, str] = {
     "keys": "Write CurveZMQ keys for stages on several hosts.",
     "monitor": "Monitor live RTSP cameras.",
     "bench": "Measure the whole system side by side.",
+    "report": "Per-person tables, timelines and an HTML page from annotate's JSON.",
 }
 
 

@@ -21,9 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gimefive.detector import (BGR_MEAN, CENTER_VARIANCE, NMS_CANDIDATES_PER_FACE,
-                               SIZE_VARIANCE, Detections, DetectorSettings, prior_boxes,
-                               retinaface_onnx)
+from gimefive.detector import (
+    BGR_MEAN,
+    CENTER_VARIANCE,
+    NMS_CANDIDATES_PER_FACE,
+    SIZE_VARIANCE,
+    Detections,
+    DetectorSettings,
+    prior_boxes,
+    retinaface_onnx,
+)
 from gimefive.errors import GimefiveError
 
 # ----------------------------------------------------------------- ONNX graph -> torch
@@ -229,9 +236,13 @@ def _resize_axis(x: torch.Tensor, dim: int, size_out: int, area: bool) -> torch.
 
 def resize_like_opencv(frames: torch.Tensor, height: int, width: int, area: bool
                        ) -> torch.Tensor:
-    """``[B,C,H,W]`` float (0..255) resized as ``cv2.resize`` would, rounded like its uint8."""
+    """``[B,C,H,W]`` float (0..255) resized as ``cv2.resize`` would, rounded like its uint8.
+
+    Halves round up, as OpenCV's integer arithmetic does (not to even). Area matches
+    OpenCV exactly; linear is within 1 grey level (OpenCV uses 11-bit fixed-point weights).
+    """
     out = _resize_axis(_resize_axis(frames, 2, height, area), 3, width, area)
-    return out.round_().clamp_(0, 255) if out is not frames else out
+    return out.add_(0.5).floor_().clamp_(0, 255) if out is not frames else out
 
 
 # ------------------------------------------------------------------ post-processing
@@ -278,8 +289,9 @@ class TorchFaceDetector(DetectorSettings):
     """RetinaFace in torch, batched over frames, on ``device``; results as the ORT detector.
 
     ``half``: run the network in float16 (default: on CUDA only; pre- and post-processing
-    stay float32). ``threads``: torch intra-op threads for CPU runs (None: torch's default;
-    note it is process-wide). Other settings: :class:`DetectorSettings`.
+    stay float32). ``threads``: torch intra-op threads for CPU runs (None: torch's default).
+    Both ``threads`` and the flushing of subnormal floats on CPU are process-wide torch
+    settings. Other settings: :class:`DetectorSettings`.
     """
 
     def __init__(self, max_side: int = 640, score_threshold: float = 0.6,
@@ -292,6 +304,10 @@ class TorchFaceDetector(DetectorSettings):
         self.half = self.device.type == "cuda" if half is None else bool(half)
         if threads:
             torch.set_num_threads(int(threads))
+        if self.device.type == "cpu":
+            # tiny activations deep in the net are subnormal floats, which halve CPU speed;
+            # flushing them to zero is process-wide and moves no box (tested for parity)
+            torch.set_flush_denormal(True)
         self.net = OnnxNet(retinaface_onnx()).eval().to(self.device)
         if self.half:
             self.net = self.net.half()

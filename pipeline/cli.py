@@ -16,7 +16,8 @@ from gimefive.config_cli import config_options
 
 #: the stage settings `annotate` offers as flags (all others: --config FILE)
 ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "landmarks68",
-                  "cam_opacity", "align", "detect_max_side", "detect_upscale")
+                  "cam_opacity", "overlay", "blur_faces", "align", "detect_max_side",
+                  "detect_upscale")
 
 
 @click.command("annotate", context_settings={"show_default": True})
@@ -42,9 +43,12 @@ ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "lan
 @click.option("--max-reconnects", type=click.IntRange(min=-1), default=None,
               help="A camera: failed reconnect attempts in a row before it is given up "
                    "(what was recorded is still written); -1: never [default: -1].")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write `gimefive report`'s folder (tables, timelines, HTML page) "
+                   "here once the run succeeds; needs no --json.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def annotate_command(input_path, output, json_path, cam_npz, overrides, config_path,
-                     summary_path, force, duration_s, max_reconnects, quiet):
+                     summary_path, force, duration_s, max_reconnects, quiet, report_dir):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -69,7 +73,7 @@ def annotate_command(input_path, output, json_path, cam_npz, overrides, config_p
     from gimefive.urls import from_arg_file
 
     input_path = from_arg_file(input_path)  # @FILE: a camera URL kept out of `ps`
-    if output is None and json_path is None:
+    if output is None and json_path is None and report_dir is None:
         raise click.BadParameter("give -o OUTPUT.mp4 and/or --json FILE", param_hint="-o")
     from gimefive.pipeline.probe import is_live
 
@@ -77,6 +81,13 @@ def annotate_command(input_path, output, json_path, cam_npz, overrides, config_p
         raise click.BadParameter("only for a camera (rtsp://...); a file is read to its end",
                                  param_hint="--duration" if duration_s else "--max-reconnects")
     config = load_annotate_config(config_path, **overrides)
+    report = None
+    if report_dir is not None:  # checked now; --json/--cam-npz to a scratch folder if absent
+        from gimefive.pipeline.report.cli import ReportAfterRun
+
+        report = ReportAfterRun(report_dir, json_path, cam_npz, config.cam, force)
+        click.get_current_context().call_on_close(report.cleanup)
+        json_path, cam_npz = report.json_path, report.cam_npz
     camera = {"max_reconnects": max_reconnects} if max_reconnects is not None else None
     result = annotate_video(input_path, output, json_path=json_path, cam_npz=cam_npz,
                             config=config, progress=not quiet, summary_path=summary_path,
@@ -85,6 +96,8 @@ def annotate_command(input_path, output, json_path, cam_npz, overrides, config_p
         click.echo(format_summary(result), err=True)
         written = ", ".join(str(p) for p in (output, json_path, cam_npz) if p)
         click.echo(f"wrote {written}", err=True)
+    if report is not None:
+        report.write(input_path, output, config, quiet)
 
 
 def _live_options(ctx, param, value):

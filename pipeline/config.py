@@ -20,6 +20,9 @@ DEFAULT_CONFIG = shipped_config("annotate.yaml")
 #: the ceiling above it, messages.MAX_PIXELS.
 MAX_PIXELS = 7680 * 4320
 POSITIVE = {"min": 1}
+#: the Grad-CAM renderings of pipeline/draw.py (its OVERLAYS; named here so that loading
+#: a config does not import OpenCV)
+OVERLAY_CHOICES = ("peak", "contour", "thumb", "full")
 
 
 @dataclass
@@ -76,6 +79,10 @@ class AnnotateConfig:
     # tracker
     track_iou: float = setting(0.3, min=0, max=1, help="Overlap (IoU) that continues a track.")
     track_max_age: int = setting(15, min=0, help="Frames a track survives without a match.")
+    relink_s: float = setting(2.0, min=0, help="Seconds a lost track waits for its face: a "
+                              "face back within this time, near where it was or where it "
+                              "was heading, of similar size and colours, keeps its id; 0: "
+                              "off (IoU only).")
     smoothing: str = setting("ema", choices=("ema", "window"),
                              help="How a track's probabilities are smoothed over frames.")
     smoothing_alpha: float = setting(0.35, min=0, max=1, min_open=True,
@@ -85,8 +92,16 @@ class AnnotateConfig:
                                       "shown one by this much.")
     # drawing
     draw_cam: bool = setting(True, help="Draw the Grad-CAM overlay inside each box.")
-    cam_opacity: float = setting(0.45, min=0, max=1, help="Opacity of the Grad-CAM overlay "
-                                 "inside each box.")
+    overlay: str = setting("peak", choices=OVERLAY_CHOICES,
+                           help="How Grad-CAM is drawn: peak, colour only where the map is "
+                                "high (the face stays visible); contour, outlines of the "
+                                "top regions; thumb, a small map beside the box; full, the "
+                                "colour map over the whole box (hides the face).")
+    cam_opacity: float = setting(0.45, min=0, max=1, help="Opacity of the Grad-CAM colour "
+                                 "(peak: at the map's maximum; full: everywhere).")
+    blur_faces: bool = setting(False, help="Pixelate every detected face in the output video "
+                               "(also under its overlay); the JSON is unchanged except a "
+                               "blur_faces field. Faces the detector missed stay visible.")
     draw_bars: bool = setting(True, help="Draw each face's probability bars.")
     draw_landmarks: bool = setting(True, help="Draw the detector's 5 landmarks.")
     landmarks68: bool = setting(False, help="Also draw and write dlib's 68 landmarks (extra: "
@@ -99,6 +114,16 @@ class AnnotateConfig:
     audio: bool = setting(True, help="Copy the input's audio to the output.")
     # process layout
     decode_threads: int = setting(1, help="Decoder threads.", **POSITIVE)
+    decode_device: str = setting("auto", choices=("auto", "cpu", "cuda"),
+                                 help="Where a file is decoded: cuda (NVDEC, or an error "
+                                 "saying why not), cpu, or auto (NVDEC where it works, "
+                                 "else the CPU with the reason logged and in the summary).")
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"),
+                          help="Where faces are detected and cropped: cuda (RetinaFace in "
+                          "torch, fp16, and the crops on the GPU; an error without CUDA), "
+                          "cpu (onnxruntime and OpenCV, faster on a CPU), or auto (cuda "
+                          "when torch sees a GPU, else cpu). The classifier's device is "
+                          "its backend's.")
     detect_threads: int = setting(1, help="Detector threads.", **POSITIVE)
     classify_threads: int = setting(1, help="Threads per classifier engine call.", **POSITIVE)
 

@@ -88,11 +88,16 @@ def crop_matrix(crop: np.ndarray, out_side: int) -> np.ndarray:
     return m
 
 
+def crop_side_px(side: float) -> int:
+    """Pixels a crop of ``side`` is warped to: its own size, 16..:data:`MAX_CROP_SIDE`."""
+    return int(min(MAX_CROP_SIDE, max(16, math.ceil(side))))
+
+
 def cut_faces(image: np.ndarray, crops: np.ndarray) -> list[np.ndarray]:
     """The ``crops`` squares of ``image``, upright, each at most :data:`MAX_CROP_SIDE` px."""
     faces = []
     for crop in crops:
-        out_side = int(min(MAX_CROP_SIDE, max(16, math.ceil(float(crop[2])))))
+        out_side = crop_side_px(float(crop[2]))
         faces.append(cv2.warpAffine(image, crop_matrix(crop, out_side), (out_side, out_side),
                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
     return faces

@@ -1,14 +1,26 @@
 """Drawing one frame's faces: box, stable label and confidence, six probability bars,
-Grad-CAM inside the box, the five landmarks. OpenCV only, in place on a BGR image."""
+Grad-CAM, the five landmarks. OpenCV only, in place on a BGR image.
+
+Sizes follow the frame (:class:`Style`): text, lines and bars read as well at 360p as at
+4K, and a small face gets its label and bars outside its box. Grad-CAM is drawn by one
+of :data:`OVERLAYS` (``--overlay``); the default, ``peak``, colours only where the map
+is high, so the expression the label describes stays visible (the old ``full`` jet map
+over the whole box hid it). ``blur_faces`` pixelates every face before anything is
+drawn (:func:`pixelate_faces`), so no overlay drawn after it can show the face.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from gimefive.pipeline.crops import crop_matrix
 from gimefive.pipeline.messages import TrackedMsg
 
-from gimefive.labels import EMOTIONS, UNCERTAIN
+from gimefive.labels import EMOTIONS
 
 #: BGR colour per class, and for uncertain faces
 COLORS = [(0, 215, 255), (255, 191, 0), (160, 80, 40), (40, 40, 230), (60, 160, 60),
@@ -29,81 +41,258 @@ def cam_to_frame(cam: np.ndarray, crop: np.ndarray, x: float, y: float) -> tuple
             float(inverse[1, 0] * px + inverse[1, 1] * py + inverse[1, 2]))
 
 
-def overlay_cam(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
-                opacity: float) -> None:
-    """Blend the heatmap of the crop square into the image, inside ``box`` only."""
+@dataclass(frozen=True)
+class Style:
+    """Text, line and bar sizes for one frame, from its shorter side (the height of a
+    landscape frame): text about 1.8 % of it, never under :data:`MIN_FONT` (10 px)."""
+
+    font: float  # Hershey font scale
+    weight: int  # text stroke, px
+    line: int  # box outline, contours, landmark dots, px
+    cap: int  # height of a capital letter, px
+    text_h: int  # one line of text with its descent, px
+    row_h: int  # one probability bar's row at least, px
+
+    @classmethod
+    @functools.cache
+    def for_height(cls, height: int) -> Style:
+        font = max(MIN_FONT, height / FONT_PER_PX)
+        weight = max(1, round(font * 2))
+        (_, cap), base = cv2.getTextSize("Hg", FONT, font, weight)
+        return cls(font, weight, max(1, round(height / 400)), cap, cap + base,
+                   cap + base + 2)
+
+
+#: font scale = frame's shorter side / this (1080p: 0.9), and at least MIN_FONT
+FONT_PER_PX = 1200
+MIN_FONT = 0.45
+#: the bars' class names: three letters tell all six apart (initials repeat: s, s)
+SHORT_NAMES = tuple(name[:3] for name in EMOTIONS)
+#: ``peak``: colour starts where the map reaches this (maps are min-max scaled to 0..1)
+PEAK_FROM = 0.5
+#: ``contour``: (map level, BGR colour) of each outline
+CONTOUR_LEVELS = ((0.5, (0, 220, 255)), (0.8, (0, 0, 255)))
+#: blur_faces: the pixelated square extends the box by this fraction on each side (hair
+#: line, ears, chin), and is this many blocks across
+HIDE_MARGIN = 0.15
+HIDE_BLOCKS = 6
+
+
+def _roi(image: np.ndarray, box: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``box`` clipped to the image as integer (x1, y1, x2, y2); None if under 2 px."""
     height, width = image.shape[:2]
     x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
     x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
-    if x2 - x1 < 2 or y2 - y1 < 2 or cam.size == 0:
-        return
-    heat = cv2.resize(np.clip(cam, 0, 1).astype(np.float32), (CAM_SIZE, CAM_SIZE),
+    return None if x2 - x1 < 2 or y2 - y1 < 2 else (x1, y1, x2, y2)
+
+
+def _heat(cam: np.ndarray, side: int = CAM_SIZE) -> np.ndarray:
+    """The map smoothed to ``side`` x ``side``, float 0..1."""
+    heat = cv2.resize(np.clip(cam, 0, 1).astype(np.float32), (side, side),
                       interpolation=cv2.INTER_CUBIC)
-    colored = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    m = crop_matrix(crop, CAM_SIZE)
+    return np.clip(heat, 0, 1)
+
+
+def _warp_to_roi(src: np.ndarray, crop: np.ndarray, roi: tuple[int, int, int, int],
+                 border: int) -> np.ndarray:
+    """A crop-square image (``src``, any side) laid onto the frame region ``roi``."""
+    x1, y1, x2, y2 = roi
+    m = crop_matrix(crop, src.shape[0])
     m[:, 2] += m[:, :2] @ np.array([x1, y1], np.float64)  # ROI pixel -> crop pixel
-    warped = cv2.warpAffine(colored, m, (x2 - x1, y2 - y1),
-                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_REPLICATE)
-    roi = image[y1:y2, x1:x2]
-    cv2.addWeighted(warped, opacity, roi, 1 - opacity, 0, dst=roi)
+    return cv2.warpAffine(src, m, (x2 - x1, y2 - y1),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
 
 
-def draw_faces(image: np.ndarray, msg: TrackedMsg, draw_cam: bool = True,
-               opacity: float = 0.45, bars: bool = True, landmarks: bool = True) -> np.ndarray:
+def _jet(heat: np.ndarray) -> np.ndarray:
+    return cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+
+
+def overlay_full(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
+                 style: Style, opacity: float) -> None:
+    """The old rendering: the jet map blended over the whole box (hides the face)."""
+    roi = _roi(image, box)
+    if roi is None or cam.size == 0:
+        return
+    warped = _warp_to_roi(_jet(_heat(cam)), crop, roi, cv2.BORDER_REPLICATE)
+    x1, y1, x2, y2 = roi
+    pixels = image[y1:y2, x1:x2]
+    cv2.addWeighted(warped, opacity, pixels, 1 - opacity, 0, dst=pixels)
+
+
+def overlay_peak(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
+                 style: Style, opacity: float) -> None:
+    """Colour only where the map is above :data:`PEAK_FROM`, its opacity rising with the
+    map to ``opacity`` at the maximum: the rest of the face is untouched."""
+    roi = _roi(image, box)
+    if roi is None or cam.size == 0:
+        return
+    heat = _warp_to_roi(_heat(cam), crop, roi, cv2.BORDER_CONSTANT)  # outside the crop: 0
+    alpha = (opacity / (1 - PEAK_FROM)) * np.clip(heat - PEAK_FROM, 0, 1 - PEAK_FROM)
+    x1, y1, x2, y2 = roi
+    pixels = image[y1:y2, x1:x2]
+    pixels[:] = cv2.blendLinear(_jet(heat), np.ascontiguousarray(pixels), alpha, 1 - alpha)
+
+
+def overlay_contour(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
+                    style: Style, opacity: float) -> None:
+    """Outlines where the map passes each of :data:`CONTOUR_LEVELS`; no fill."""
+    roi = _roi(image, box)
+    if roi is None or cam.size == 0:
+        return
+    heat = _warp_to_roi(_heat(cam), crop, roi, cv2.BORDER_CONSTANT)
+    for level, color in CONTOUR_LEVELS:
+        mask = (heat >= level).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(image, contours, -1, color, style.line, cv2.LINE_AA,
+                         offset=roi[:2])
+
+
+def overlay_thumb(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
+                  style: Style, opacity: float) -> None:
+    """A small square under the box: the face as the classifier saw it (upright), the
+    map over it. The face in the box is untouched. Drawn from the frame as it is (with
+    ``blur_faces``: already pixelated)."""
+    if cam.size == 0:
+        return
     height, width = image.shape[:2]
-    scale = float(np.clip(min(height, width) / 720, 0.35, 1.2))
-    thick = max(1, round(2 * scale))
-    for i in range(len(msg.boxes)):
-        box, label = msg.boxes[i], int(msg.labels[i])
-        uncertain = bool(msg.uncertain[i])
-        color = UNCERTAIN_COLOR if uncertain else COLORS[label]
-        if draw_cam and msg.cam is not None and opacity > 0:
-            overlay_cam(image, msg.cam[i], msg.crops[i], box, opacity)
-        p1 = (int(box[0]), int(box[1]))
-        p2 = (int(box[2]), int(box[3]))
-        cv2.rectangle(image, p1, p2, color, thick, cv2.LINE_AA)
-        name = UNCERTAIN if uncertain else EMOTIONS[label]
-        text = f"#{int(msg.track_ids[i])} {name} {msg.smoothed[i, label]:.0%}"
-        _label(image, text, p1, color, scale)
-        if landmarks and msg.landmarks68 is not None:
-            for x, y in msg.landmarks68[i]:
-                cv2.circle(image, (int(x), int(y)), max(1, thick - 1), LANDMARK68_COLOR, -1,
-                           cv2.LINE_AA)
-        if landmarks:
-            for (x, y), c in zip(msg.landmarks[i], LANDMARK_COLORS, strict=True):
-                cv2.circle(image, (int(x), int(y)), thick + 1, c, -1, cv2.LINE_AA)
-        if bars:
-            _bars(image, msg.smoothed[i], label, box, scale)
+    side = int(np.clip((box[3] - box[1]) * 0.6, 3 * style.text_h, 8 * style.text_h))
+    side = min(side, height, width)
+    face = cv2.warpAffine(image, crop_matrix(crop, side), (side, side),
+                          flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    thumb = cv2.addWeighted(_jet(_heat(cam, side)), 0.5, face, 0.5, 0)
+    gap = style.line + 2
+    x = int(np.clip(box[0], 0, width - side))
+    y = int(box[3]) + gap if int(box[3]) + gap + side <= height else int(box[1]) - gap - side
+    y = int(np.clip(y, 0, height - side))
+    image[y:y + side, x:x + side] = thumb
+    cv2.rectangle(image, (x, y), (x + side - 1, y + side - 1), (255, 255, 255), 1)
+
+
+#: Grad-CAM renderings by name (``--overlay``; pipeline.config.OVERLAY_CHOICES)
+OVERLAYS: dict[str, Callable[..., None]] = {
+    "peak": overlay_peak, "contour": overlay_contour, "thumb": overlay_thumb,
+    "full": overlay_full}
+DEFAULT_OVERLAY = "peak"
+
+
+def overlay_cam(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
+                opacity: float, overlay: str = DEFAULT_OVERLAY) -> None:
+    """Draw one face's map with the ``overlay`` rendering."""
+    OVERLAYS[overlay](image, cam, crop, box, Style.for_height(min(image.shape[:2])), opacity)
+
+
+def pixelate_faces(image: np.ndarray, boxes: np.ndarray, margin: float = HIDE_MARGIN,
+                   blocks: int = HIDE_BLOCKS) -> np.ndarray:
+    """Replace each box (grown by ``margin`` a side) by ``blocks`` x ``blocks`` flat
+    blocks, in place.
+
+    Pixelated rather than blurred: each block is the plain mean of its pixels, so what
+    is left is a fixed, small number of values per face (about 5 across the face) that
+    no deconvolution brings back, whereas a Gaussian blur keeps every pixel as a known
+    weighted sum of its neighbours, partly invertible, and its strength depends on the
+    kernel chosen for the face size. The blocks are laid on the face's own square, not
+    the frame's grid, so a moving face does not show a new sampling every frame.
+    """
+    height, width = image.shape[:2]
+    for box in np.asarray(boxes, np.float64).reshape(-1, 4):
+        if not np.isfinite(box).all():
+            continue
+        grow_x, grow_y = (box[2] - box[0]) * margin, (box[3] - box[1]) * margin
+        roi = _roi(image, (box[0] - grow_x, box[1] - grow_y, box[2] + grow_x,
+                           box[3] + grow_y))
+        if roi is None:
+            continue
+        x1, y1, x2, y2 = roi
+        cell = max(box[2] - box[0] + 2 * grow_x, box[3] - box[1] + 2 * grow_y) / blocks
+        nx, ny = max(1, round((x2 - x1) / cell)), max(1, round((y2 - y1) / cell))
+        pixels = image[y1:y2, x1:x2]
+        small = cv2.resize(pixels, (nx, ny), interpolation=cv2.INTER_AREA)
+        pixels[:] = cv2.resize(small, (x2 - x1, y2 - y1), interpolation=cv2.INTER_NEAREST)
     return image
 
 
-def _label(image, text, origin, color, scale) -> None:
-    size = 0.5 * scale + 0.15
-    (tw, th), base = cv2.getTextSize(text, FONT, size, 1)
-    x, y = origin[0], max(th + base + 2, origin[1])
-    cv2.rectangle(image, (x, y - th - base - 2), (x + tw + 4, y), color, -1)
-    cv2.putText(image, text, (x + 2, y - base), FONT, size, (0, 0, 0), 1, cv2.LINE_AA)
+def draw_faces(image: np.ndarray, msg: TrackedMsg, draw_cam: bool = True,
+               opacity: float = 0.45, bars: bool = True, landmarks: bool = True,
+               overlay: str = DEFAULT_OVERLAY, blur_faces: bool = False) -> np.ndarray:
+    """Draw every face of ``msg`` on ``image`` (in place; returned).
+
+    Two passes: first what lies on the faces (pixelation, Grad-CAM, box, landmarks),
+    then every label and bar panel, so that no face's drawing covers another's text.
+    ``blur_faces``: pixelate the faces first; the 68 landmarks (the face's outline) are
+    then not drawn.
+    """
+    style = Style.for_height(min(image.shape[:2]))
+    if blur_faces:
+        pixelate_faces(image, msg.boxes)
+    for i in range(len(msg.boxes)):
+        box = msg.boxes[i]
+        if draw_cam and msg.cam is not None and opacity > 0:
+            OVERLAYS[overlay](image, msg.cam[i], msg.crops[i], box, style, opacity)
+        cv2.rectangle(image, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])),
+                      _color(msg, i), style.line, cv2.LINE_AA)
+        if landmarks:
+            _landmarks(image, msg, i, style, with68=not blur_faces)
+    for i in range(len(msg.boxes)):
+        label = int(msg.labels[i])
+        mark = "?" if msg.uncertain[i] else ""  # uncertain: the class it leans to, grey
+        text = f"#{int(msg.track_ids[i])} {EMOTIONS[label]}{mark} {msg.smoothed[i, label]:.0%}"
+        _label(image, text, msg.boxes[i], _color(msg, i), style)
+        if bars:
+            _bars(image, msg.smoothed[i], label, msg.boxes[i], style)
+    return image
 
 
-def _bars(image, probs, label, box, scale) -> None:
-    """Six horizontal bars (class initial + bar length = probability) beside the box."""
+def _color(msg: TrackedMsg, i: int) -> tuple[int, int, int]:
+    return UNCERTAIN_COLOR if bool(msg.uncertain[i]) else COLORS[int(msg.labels[i])]
+
+
+def _landmarks(image, msg, i, style, with68: bool) -> None:
+    if with68 and msg.landmarks68 is not None:
+        for x, y in msg.landmarks68[i]:
+            cv2.circle(image, (int(x), int(y)), style.line, LANDMARK68_COLOR, -1, cv2.LINE_AA)
+    for (x, y), c in zip(msg.landmarks[i], LANDMARK_COLORS, strict=True):
+        cv2.circle(image, (int(x), int(y)), style.line + 1, c, -1, cv2.LINE_AA)
+
+
+def _label(image, text, box, color, style) -> None:
+    """The label on a filled band just above the box (below it at the frame's top)."""
     height, width = image.shape[:2]
-    bar_h = max(4, round(9 * scale))
-    bar_w = max(20, round(70 * scale))
-    size = 0.3 * scale + 0.1
-    panel_w = bar_w + round(14 * scale) + 4
-    x = int(box[2]) + 4 if int(box[2]) + 4 + panel_w <= width else int(box[0]) - panel_w - 4
-    x = max(0, x)
-    y = max(0, int(box[1]))
+    pad = max(2, style.weight)
+    (tw, cap), base = cv2.getTextSize(text, FONT, style.font, style.weight)
+    band_w, band_h = tw + 2 * pad, cap + base + 2 * pad
+    x = int(np.clip(box[0], 0, max(0, width - band_w)))
+    y = int(box[1]) - style.line - band_h
+    if y < 0:
+        y = min(int(box[3]) + style.line, height - band_h)
+    y = max(0, y)
+    cv2.rectangle(image, (x, y), (x + band_w, y + band_h), color, -1)
+    cv2.putText(image, text, (x + pad, y + pad + cap), FONT, style.font, (0, 0, 0),
+                style.weight, cv2.LINE_AA)
+
+
+def _bars(image, probs, label, box, style) -> None:
+    """Six bars (three-letter class name, bar length = probability) on a dark panel
+    beside the box: right of it, or left where the frame ends. Rows follow the face's
+    height between 1 and 1.25 text lines, bars 40 % of its width, never under a readable
+    size nor so large that the panel covers the next face."""
+    height, width = image.shape[:2]
+    pad = max(2, style.weight)
+    row = int(np.clip((box[3] - box[1]) / 6, style.row_h, 1.25 * style.row_h))
+    name_w = max(cv2.getTextSize(n, FONT, style.font, style.weight)[0][0] for n in SHORT_NAMES)
+    bar_w = int(np.clip((box[2] - box[0]) * 0.4, 1.5 * name_w, 4 * name_w))
+    panel_w, panel_h = name_w + bar_w + 3 * pad, 6 * row + pad
+    gap = style.line + 2
+    x = int(box[2]) + gap if int(box[2]) + gap + panel_w <= width else int(box[0]) - gap - panel_w
+    x = int(np.clip(x, 0, max(0, width - panel_w)))
+    y = int(np.clip(box[1], 0, max(0, height - panel_h)))
+    panel = image[y:y + panel_h, x:x + panel_w]
+    panel[:] = panel // 3  # darkened, so the text reads on any background
     for k, p in enumerate(probs):
-        top = y + k * (bar_h + 2)
-        if top + bar_h > height:
-            break
-        cv2.putText(image, EMOTIONS[k][0].upper(), (x, top + bar_h), FONT, size,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-        left = x + round(14 * scale)
-        cv2.rectangle(image, (left, top), (left + bar_w, top + bar_h), (50, 50, 50), -1)
+        top = y + pad + k * row
+        cv2.putText(image, SHORT_NAMES[k], (x + pad, top + (row + style.cap) // 2), FONT,
+                    style.font, (255, 255, 255), style.weight, cv2.LINE_AA)
+        left, bar_h = x + 2 * pad + name_w, max(2, row - pad)
         fill = left + round(bar_w * float(np.clip(p, 0, 1)))
-        cv2.rectangle(image, (left, top), (fill, top + bar_h),
-                      COLORS[k] if k == label else (200, 200, 200), -1)
+        cv2.rectangle(image, (left, top), (left + bar_w, top + bar_h - 1), (80, 80, 80), -1)
+        cv2.rectangle(image, (left, top), (fill, top + bar_h - 1),
+                      COLORS[k] if k == label else (210, 210, 210), -1)

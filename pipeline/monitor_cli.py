@@ -47,7 +47,8 @@ def _keep(ctx, param, value):
 MONITOR_FLAGS = ("out", "json", "status_json", "transport", "stall_timeout_s",
                  "max_reconnects", "status_every_s", "segment_s", "keep_age_s", "keep_bytes",
                  "duration_s", "annotate_config")
-STAGE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam")
+STAGE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "overlay",
+               "blur_faces")
 
 
 @click.command("monitor", context_settings={"show_default": True})

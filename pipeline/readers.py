@@ -22,6 +22,7 @@ line in :data:`READERS`.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ import numpy as np
 
 from gimefive.errors import GimefiveError
 from gimefive.urls import redact_text, redact_url
+
+log = logging.getLogger("gimefive.decode")
+
+#: codecs FFmpeg's NVDEC (``cuda`` hwaccel) decodes; anything else is decoded on the CPU
+NVDEC_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg1video", "mpeg2video",
+                          "mpeg4", "mjpeg", "vc1"})
+DECODE_DEVICES = ("auto", "cpu", "cuda")
 
 #: kind -> "module:class", imported only when used
 READERS: dict[str, str] = {
@@ -100,37 +108,36 @@ def reader_kind(url: str, kind: str = "auto") -> str:
 
 
 def open_reader(url: str, kind: str = "auto", stream_id: str = "0", options: Any = None,
-                threads: int = 1, stop: threading.Event | None = None) -> InputReader:
-    """The reader of ``kind`` for ``url`` (``options``: the live readers' LiveOptions)."""
-    module, attr = READERS[reader_kind(url, kind)].split(":")
+                threads: int = 1, stop: threading.Event | None = None,
+                decode_device: str = "cpu") -> InputReader:
+    """The reader of ``kind`` for ``url`` (``options``: the live readers' LiveOptions;
+    ``decode_device``: where a ``file`` is decoded, see :func:`open_decoder`)."""
+    kind = reader_kind(url, kind)
+    module, attr = READERS[kind].split(":")
     cls = getattr(importlib.import_module(module), attr)
-    return cls(url, stream_id, options, threads, stop)
+    extra = {"decode_device": decode_device} if kind == "file" else {}
+    return cls(url, stream_id, options, threads, stop, **extra)
 
 
 class FileReader(InputReader):
     """A video file's first video stream, decoded as fast as it is taken, lossless."""
 
     def __init__(self, url: str, stream_id: str = "0", options: Any = None, threads: int = 1,
-                 stop: threading.Event | None = None) -> None:
-        import av
-
+                 stop: threading.Event | None = None, decode_device: str = "cpu") -> None:
         super().__init__(url, stream_id, options, threads, stop)
         check_local_input(url)
-        try:
-            self.container = av.open(url)
-        except av.error.FFmpegError as exc:
-            raise GimefiveError(f"cannot read {redact_url(url)} as a video ({reason(exc)})"
-                                ) from None
-        if not self.container.streams.video:
-            self.container.close()
-            raise GimefiveError(f"{redact_url(url)}: no video stream")
+        self.decode_device = decode_device
+        self.container, self.decode_path = open_decoder(url, decode_device)
+        self._setup_stream()
+        self.decoded = 0
+
+    def _setup_stream(self) -> None:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.stream.codec_context.thread_count = max(1, threads)
+        self.stream.codec_context.thread_count = max(1, self.threads)
         self.time_base = self.stream.time_base or Fraction(1, 90000)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.rate = Fraction(rate) if rate else None
-        self.decoded = 0
 
     def info(self) -> dict[str, Any]:
         s = self.stream
@@ -142,7 +149,7 @@ class FileReader(InputReader):
         return {"width": s.codec_context.width, "height": s.codec_context.height,
                 "frames_estimate": int(total), "codec": s.codec_context.name,
                 "rate": [self.rate.numerator, self.rate.denominator] if self.rate else None,
-                "has_audio": bool(self.container.streams.audio)}
+                "has_audio": bool(self.container.streams.audio), "decode": self.decode_path}
 
     def read(self) -> Iterator[Frame]:
         import time
@@ -150,7 +157,7 @@ class FileReader(InputReader):
         import av
 
         try:
-            for frame in self.container.decode(self.stream):
+            for frame in self._frames():
                 if self.stop.is_set():
                     return
                 yield Frame(self.decoded, frame.pts, frame.to_ndarray(format="bgr24"),
@@ -160,11 +167,112 @@ class FileReader(InputReader):
             raise GimefiveError(f"{redact_url(self.url)}: decoding failed ({reason(exc)})"
                                 ) from None
 
+    def _frames(self) -> Iterator[Any]:
+        """Decoded frames; NVDEC failing on the first frame (``auto``) restarts on the CPU,
+        with the reason logged, instead of failing the run."""
+        import av
+
+        frames = self.container.decode(self.stream)
+        if not self.decode_path.startswith("cuda"):
+            yield from frames
+            return
+        try:
+            first = next(frames, None)
+        except av.error.FFmpegError as exc:
+            why = f"NVDEC could not decode the first frame: {reason(exc)}"
+            if self.decode_device == "cuda":
+                raise GimefiveError(f"decode_device=cuda: {why}") from None
+            self.container.close()
+            self.container, self.decode_path = _open_cpu(self.url, why)
+            self._setup_stream()
+            yield from self.container.decode(self.stream)
+            return
+        if first is not None:
+            yield first
+            yield from frames
+
     def stats(self) -> dict[str, Any]:
         return {"decoded": self.decoded}
 
     def close(self) -> None:
         self.container.close()
+
+
+def open_decoder(url: str, device: str = "cpu") -> tuple[Any, str]:
+    """The opened container and the decode path that will run, in words for the summary
+    (``cuda (h264)``, ``cpu (no CUDA driver ...)``).
+
+    ``cpu`` decodes on the CPU; ``cuda`` uses NVDEC (PyAV's ``cuda`` hwaccel, frames
+    copied back to host memory) or fails with one line saying why; ``auto`` uses NVDEC
+    where it works and otherwise the CPU, logging the one reason (never silently).
+    Checked without a GPU only: the fallbacks and errors are tested (tests/test_decode_device.py);
+    NVDEC actually decoding has not run yet (docs/performance.md).
+    """
+    if device not in DECODE_DEVICES:
+        raise GimefiveError(f"decode_device: expected one of {DECODE_DEVICES}, got {device!r}")
+    if device == "cpu":
+        return _open_cpu(url, None)
+    why = cuda_decode_unavailable()
+    if why is None:
+        container, why = _open_cuda(url)
+        if container is not None:
+            return container, f"cuda ({container.streams.video[0].codec_context.name})"
+    if device == "cuda":
+        raise GimefiveError(f"decode_device=cuda: {why}")
+    return _open_cpu(url, why)
+
+
+def cuda_decode_unavailable() -> str | None:
+    """Why NVDEC cannot be used on this machine, or None when it may be (a cheap check:
+    the FFmpeg build and the NVIDIA driver library; opening the device is the real test)."""
+    import ctypes
+
+    from av.codec.hwaccel import hwdevices_available
+
+    if "cuda" not in hwdevices_available():
+        return "this FFmpeg build has no cuda hwaccel"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no CUDA device: NVIDIA driver library libcuda.so.1 not found"
+    return None
+
+
+def _open_cuda(url: str) -> tuple[Any, str | None]:
+    """``(container, None)`` decoding with NVDEC, or ``(None, why)``."""
+    import av
+    from av.codec.hwaccel import HWAccel
+
+    try:
+        container = av.open(url, hwaccel=HWAccel("cuda", allow_software_fallback=False))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        return None, f"cannot open the CUDA device: {reason(exc)}"
+    if not container.streams.video:
+        container.close()
+        raise GimefiveError(f"{redact_url(url)}: no video stream")
+    codec = container.streams.video[0].codec_context.name
+    if codec not in NVDEC_CODECS:
+        container.close()
+        return None, f"NVDEC does not decode {codec}"
+    return container, None
+
+
+def _open_cpu(url: str, why: str | None) -> tuple[Any, str]:
+    """The container decoding on the CPU; ``why`` (the reason NVDEC is not used) is logged
+    once and kept for the summary."""
+    import av
+
+    try:
+        container = av.open(url)
+    except av.error.FFmpegError as exc:
+        raise GimefiveError(f"cannot read {redact_url(url)} as a video ({reason(exc)})"
+                            ) from None
+    if not container.streams.video:
+        container.close()
+        raise GimefiveError(f"{redact_url(url)}: no video stream")
+    if why:
+        log.warning("decode: cpu (%s)", why)
+    return container, f"cpu ({why})" if why else "cpu"
 
 
 def check_local_input(url: str) -> None:

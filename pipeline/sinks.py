@@ -98,7 +98,8 @@ def sink_specs(job: dict[str, Any], config) -> list[SinkSpec]:
             "threads": config.encoder_threads,
             "audio_from": job.get("audio_from") if config.audio else None}))
     if job.get("json"):
-        specs.append(SinkSpec("jsonl", str(job["json"]), {"append": live}))
+        specs.append(SinkSpec("jsonl", str(job["json"]), {
+            "append": live, "blur_faces": config.blur_faces}))
     if job.get("cam_npz"):
         specs.append(SinkSpec("cam_npz", str(job["cam_npz"])))
     return specs
@@ -253,10 +254,14 @@ class JsonLinesSink(Sink):
     ``append``: continue the file (a live run, whose restarted stage must not lose what
     was written). A frame from a live source also carries the camera's counters
     (``live``: decoded, dropped, reconnects, ...) at the time it was sent.
+    ``blur_faces``: the run hid the faces in its video; each line then says so
+    (``"blur_faces": true``), so that a report made from these lines hides them too.
     """
 
-    def __init__(self, path: str | Path, append: bool = False) -> None:
+    def __init__(self, path: str | Path, append: bool = False, blur_faces: bool = False
+                 ) -> None:
         self.path = Path(path)
+        self.blur_faces = blur_faces
         try:  # closed in close()
             self.file = open(self.path, "a" if append else "w", buffering=1)  # noqa: SIM115
         except OSError as exc:
@@ -266,6 +271,8 @@ class JsonLinesSink(Sink):
         record = frame_record(msg)
         if "live" in msg.extra:
             record["live"] = msg.extra["live"]
+        if self.blur_faces:
+            record["blur_faces"] = True
         self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def close(self) -> None:

@@ -84,6 +84,12 @@ def format_summary(result: AnnotateResult) -> str:
             video += " (libx264 is not in this FFmpeg build)"
         lines.append(f"backend {classify.get('backend', '-')}, uncertain below "
                      f"{classify.get('uncertain_threshold', '-')}; video codec {video}")
+    if result.info.get("source", {}).get("decode"):
+        lines.append(f"decode: {result.info['source']['decode']}")
+    detector = result.info.get("detect", {}).get("detector")
+    if detector:
+        crops = classify.get("crops")
+        lines.append(f"detector: {detector}" + (f"; crops: {crops}" if crops else ""))
     latency = result.stages.get("annotate", {}).get("counters", {})
     if "latency_ms_p50" in latency:
         lines.append("latency decode->written ms: " + ", ".join(

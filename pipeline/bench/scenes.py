@@ -249,6 +249,26 @@ def padded_face(crop: np.ndarray, size: int, pad: int) -> np.ndarray:
     return big
 
 
+def face_ladder(sizes: Sequence[int] = (20, 30, 45, 60, 80, 100, 120), seed: int = 3
+                ) -> np.ndarray:
+    """One 640x360 BGR frame: the astronaut's face at each of ``sizes`` px, left to right.
+
+    A still frame (no dataset needed) with faces from barely detectable to easy, for
+    comparing two detectors (``tests/test_torch_detector.py``,
+    ``benchmarks/torch_detector.py``); faces alternate mirrored, three rows of heights.
+    """
+    canvas = make_background(640, 360, np.random.default_rng(seed))
+    face, x = astronaut_face(), 8
+    for i, size in enumerate(sizes):
+        patch = padded_face(face[:, ::-1] if i % 2 else face, size, size // 8)
+        y = 30 + (i % 3) * 60
+        if x + patch.shape[1] > 640 or y + patch.shape[0] > 360:
+            raise GimefiveError(f"faces of {list(sizes)} px do not fit a 640x360 frame")
+        canvas[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+        x += patch.shape[1] + 4
+    return canvas
+
+
 def _as_bgr(image: np.ndarray, index: int) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise GimefiveError(f"face {index}: expected a uint8 image, got "

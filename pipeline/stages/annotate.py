@@ -71,7 +71,8 @@ class AnnotateStage(Stage):
                 c = self.config
                 image = draw_faces(np.array(msg.image), msg, draw_cam=c.draw_cam and c.cam,
                                    opacity=c.cam_opacity, bars=c.draw_bars,
-                                   landmarks=c.draw_landmarks)
+                                   landmarks=c.draw_landmarks, overlay=c.overlay,
+                                   blur_faces=c.blur_faces)
         for sink in self.sinks:
             with self.timed(type(sink).__name__):
                 sink.write(msg, image)

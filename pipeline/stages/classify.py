@@ -5,18 +5,21 @@ or the oldest has waited ``classify_max_wait_ms``; then one engine call (two whe
 some frames want Grad-CAM, see ``cam_every``) classifies them all. Crops are squares
 framed as ``align`` says (:func:`gimefive.pipeline.crops.crop_geometry`) and go through
 :func:`gimefive.preprocess.preprocess_faces`, the same preprocessing the model was
-trained with. ``classify_workers`` engine calls run at once in threads: the engines
-release the GIL, so a second call uses a core the first would leave idle.
+trained with (with ``device`` on CUDA,
+:func:`gimefive.pipeline.torch_crops.preprocess_crops_torch` does the same on the GPU,
+each frame uploaded once). ``classify_workers`` engine calls run at once in threads: the
+engines release the GIL, so a second call uses a core the first would leave idle.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from gimefive.pipeline import devices
 from gimefive.pipeline.crops import crop_geometry, cut_faces
 from gimefive.pipeline.messages import ClassifiedMsg, DetectionsMsg, Message
 from gimefive.pipeline.stage import BatchWindow, Stage
 
-from gimefive.preprocess import preprocess_faces
+from gimefive.preprocess import INPUT_SIZE, preprocess_faces
 
 CAM_SIDE = {"conv5": 4, "conv4": 8}  # Grad-CAM resolution at 64x64 input
 
@@ -29,6 +32,7 @@ class ClassifyStage(Stage):
         from gimefive.backends import create_backend
 
         c = self.config
+        self.crop_device = devices.torch_device(c.device)  # None: OpenCV on the CPU
         options = {"weights": c.weights, "cam_layer": c.cam_layer}
         try:
             self.backend = create_backend(c.backend, threads=c.classify_threads, **options)
@@ -49,7 +53,9 @@ class ClassifyStage(Stage):
         self.pending_faces = 0
 
     def info(self) -> dict:
-        return {"backend": self.backend_name, "uncertain_threshold": self.threshold}
+        return {"backend": self.backend_name, "uncertain_threshold": self.threshold,
+                "crops": "opencv cpu" if self.crop_device is None
+                else f"torch {self.crop_device}"}
 
     def wants_cam(self, msg: DetectionsMsg) -> bool:
         return self.config.cam and msg.index % self.config.cam_every == 0
@@ -69,11 +75,11 @@ class ClassifyStage(Stage):
         crops = [crop_geometry(m.boxes, m.landmarks, self.config.crop_scale, self.config.align,
                                self.config.crop_shift_y)
                  for m in pending]
-        with self.timed("crop"):
-            batches = {True: [], False: []}
-            for m, c in zip(pending, crops, strict=True):
-                batches[self.wants_cam(m)].extend(cut_faces(m.image, c))
-        results = {want: self._infer(faces, want) for want, faces in batches.items()}
+        groups = {True: [], False: []}
+        for m, c in zip(pending, crops, strict=True):
+            groups[self.wants_cam(m)].append((m.image, c))
+        results = {want: self._infer(self._prepare(items), want)
+                   for want, items in groups.items()}
         offsets = {True: 0, False: 0}
         out = []
         for m, c in zip(pending, crops, strict=True):
@@ -89,13 +95,30 @@ class ClassifyStage(Stage):
                 cam=None if cam is None else np.ascontiguousarray(cam, np.float32), crops=c))
         return out
 
-    def _infer(self, faces: list[np.ndarray], cam: bool):
+    def _prepare(self, items: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The network input ``[N,3,64,64]`` for ``(frame, crop rows)`` pairs: OpenCV
+        crops, or (``crop_device``) each frame uploaded once and cropped there."""
+        if self.crop_device is not None:
+            import torch
+            from gimefive.pipeline.torch_crops import preprocess_crops_torch
+
+            with self.timed("crop"):
+                items = [(image, c) for image, c in items if len(c)]
+                frames = [torch.from_numpy(image).to(self.crop_device) for image, _ in items]
+                batch = preprocess_crops_torch(frames, [c for _, c in items])
+                return np.ascontiguousarray(batch.cpu().numpy(), np.float32)
+        with self.timed("crop"):
+            faces = [face for image, c in items for face in cut_faces(image, c)]
         if not faces:
+            return np.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+        with self.timed("preprocess"):
+            return preprocess_faces(faces, color="bgr")
+
+    def _infer(self, batch: np.ndarray, cam: bool):
+        if not len(batch):
             side = CAM_SIDE.get(self.config.cam_layer, 4)
             return np.zeros((0, 6), np.float32), (np.zeros((0, side, side), np.float32)
                                                   if cam else None)
-        with self.timed("preprocess"):
-            batch = preprocess_faces(faces, color="bgr")
         size = self.config.classify_max_batch
         workers = self.config.classify_workers
         if workers > 1 and len(batch) > 1:  # equal shares, one engine call per worker thread
@@ -106,10 +129,10 @@ class ClassifyStage(Stage):
                 results = list(self.pool.map(lambda b: self.backend(b, cam=cam), chunks))
             else:
                 results = [self.backend(b, cam=cam) for b in chunks]
-        self.count("faces", len(faces))
+        self.count("faces", len(batch))
         self.count("engine_calls", len(results))
         if cam:
-            self.count("cam_faces", len(faces))
+            self.count("cam_faces", len(batch))
         probs = np.concatenate([r[0] for r in results])
         return probs, (np.concatenate([r[1] for r in results]) if cam else None)
 

@@ -9,13 +9,18 @@ detections by IoU (``detected`` is False on those frames). Output order = input 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+from gimefive.pipeline import devices
 from gimefive.pipeline.messages import DetectionsMsg, FrameMsg, Message
 from gimefive.pipeline.stage import BatchWindow, Stage
 from gimefive.pipeline.tracking import match_centers
 
 from gimefive.detector import Detections, FaceDetector
+
+if TYPE_CHECKING:
+    from gimefive.torch_detector import TorchFaceDetector
 
 
 @dataclass
@@ -49,20 +54,34 @@ def _centers(boxes: np.ndarray) -> np.ndarray:
     return (boxes[..., :2] + boxes[..., 2:]) / 2
 
 
+def make_detector(c) -> tuple[FaceDetector | TorchFaceDetector, str]:
+    """The detector ``c.device`` asks for and its name for the summary: onnxruntime on the
+    CPU (faster there than torch), RetinaFace in torch (fp16) where the stages run on CUDA."""
+    settings = dict(max_side=c.detect_max_side, score_threshold=c.detect_score,
+                    nms_threshold=c.detect_nms, min_size=c.min_face, threads=c.detect_threads,
+                    max_batch=c.detect_batch, upscale=c.detect_upscale)
+    device = devices.torch_device(c.device)
+    if device is None:
+        return FaceDetector(**settings), "onnxruntime cpu"
+    from gimefive.torch_detector import TorchFaceDetector
+
+    detector = TorchFaceDetector(device=device, **settings)
+    return detector, f"torch {detector.device.type} {'fp16' if detector.half else 'fp32'}"
+
+
 class DetectStage(Stage):
     name = "detect"
     accepts = (FrameMsg,)
 
     def setup(self) -> None:
-        c = self.config
-        self.detector = FaceDetector(max_side=c.detect_max_side, score_threshold=c.detect_score,
-                                     nms_threshold=c.detect_nms, min_size=c.min_face,
-                                     threads=c.detect_threads, max_batch=c.detect_batch,
-                                     upscale=c.detect_upscale)
+        self.detector, self.detector_name = make_detector(self.config)
         self.detector.detect([np.zeros((64, 64, 3), np.uint8)])  # warm-up, outside timing
         self.pending = BatchWindow(self.config.detect_max_wait_ms)
         self.motion: dict[str, _StreamMotion] = {}
         self.last_detected: dict[str, int] = {}
+
+    def info(self) -> dict:
+        return {"detector": self.detector_name}
 
     def _needs_detection(self, msg: FrameMsg) -> bool:
         last = self.last_detected.get(msg.stream)

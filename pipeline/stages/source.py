@@ -197,7 +197,8 @@ class SourceStage(Stage):
             raise GimefiveError("source stage needs an input (--in VIDEO or URL)")
         options = LiveOptions(**(self.job.get("live") or {}))
         self.reader = open_reader(str(self.job["input"]), self.job.get("reader") or "auto",
-                                  self.stream_id, options, self.config.decode_threads)
+                                  self.stream_id, options, self.config.decode_threads,
+                                  decode_device=self.config.decode_device)
         self.feed = FrameFeed(self.reader)
         self.index_from = int(self.job.get("index_from") or 0)
         tb = self.reader.time_base
