@@ -142,7 +142,8 @@ def test_annotate_with_device_cuda_unavailable_is_one_line(tmp_path, astronaut_b
     config.write_text("device: cuda\n")
     run = subprocess.run([sys.executable, "-c", "from gimefive.cli import main; main()",
                           "annotate", str(clip), "-o", str(tmp_path / "out.mp4"),
-                          "--config", str(config), "--quiet"], capture_output=True, text=True, timeout=120)
+                          "--config", str(config), "--quiet"],
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr

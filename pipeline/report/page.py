@@ -64,7 +64,7 @@ def _duration(summary: Summary) -> str:
 def summary_table(summary: Summary, inputs: dict[str, str]) -> str:
     rows = [("JSON lines", inputs["jsonl"]), ("video", inputs["video"] or "not given"),
             ("CAM maps", inputs["cam_npz"] or "not given"),
-            ("streams", ", ".join(summary.streams)), ("frames", summary.records),
+            ("stream ids", ", ".join(summary.streams)), ("frames", summary.records),
             ("duration", _duration(summary)), ("faces (face-frames)", summary.faces),
             ("faces with a Grad-CAM", summary.faces_with_cam),
             ("tracks (people on screen)", len(summary.tracks))]
