@@ -6,6 +6,7 @@ own venv with only ``gimefive`` on its path, reports its peak the same way.
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def peak_rss_mb() -> float:
     if value is not None:
         return value
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """Another process's CPU time so far (user + system), seconds; None when gone.
+
+    Read from ``/proc/PID/stat`` (fields 14 and 15, in clock ticks): the monitor's
+    metrics report it per stage without asking the stage.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

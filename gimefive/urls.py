@@ -93,3 +93,36 @@ def url_arg(directory: str | os.PathLike, name: str, value: str) -> str:
     """What a child stage's argv carries for ``value``: ``@FILE`` for a URL (it may hold
     credentials), the value itself for a local path (readable in ``ps``, harmless)."""
     return arg_file(directory, name, value) if "://" in str(value) else str(value)
+
+
+#: ``${NAME}`` in a source URL: replaced by the environment variable NAME at run time
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def env_names(url: str) -> list[str]:
+    """The ``${NAME}`` variables ``url`` uses."""
+    return _ENV_VAR.findall(str(url))
+
+
+def check_env(url: str) -> None:
+    """One line naming the first variable ``url`` uses that is not set (never a value):
+    the monitor checks this up front, without expanding anything."""
+    for name in env_names(url):
+        if name not in os.environ:
+            raise GimefiveError(f"environment variable {name} is not set "
+                                f"(used in source {redact_url(url)})")
+
+
+def expand_env(url: str) -> str:
+    """``rtsp://${CAM_USER}:${CAM_PASS}@host/x`` with the variables' values, so that a
+    password lives in the environment, not in a config file or on a command line.
+
+    Called only where the URL is opened (the source stage, a probe): the expanded URL is
+    never printed (what is shown is :func:`redact_url` of it, or the unexpanded form),
+    stored or passed on. Only the braced form is expanded; ``$x`` stays as it is (it may
+    be part of a real path). Values are used as they are (FFmpeg splits the user
+    information at its last ``@``, so a password may hold ``@`` and ``:``).
+    """
+    url = str(url)
+    check_env(url)
+    return _ENV_VAR.sub(lambda m: os.environ[m[1]], url)

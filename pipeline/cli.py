@@ -29,6 +29,11 @@ ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "lan
                    "label, uncertain flag, Grad-CAM summary.")
 @click.option("--cam-npz", type=click.Path(path_type=Path),
               help="Also save every face's Grad-CAM map (frame, track id, box, cam) here.")
+@click.option("--events", "events_path", type=click.Path(path_type=Path), default=None,
+              help="Also append per-track events (appeared, label_changed, left) here as "
+                   "JSON lines.")
+@click.option("--mqtt", default=None, metavar="mqtt://HOST:PORT/TOPIC",
+              help="Also publish the events there (QoS 1; extra: gimefive[mqtt]).")
 @config_options(AnnotateConfig, *ANNOTATE_FLAGS)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help=f"YAML config [default: {DEFAULT_CONFIG.name} from configs/].")
@@ -47,8 +52,9 @@ ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "lan
               help="Also write `gimefive report`'s folder (tables, timelines, HTML page) "
                    "here once the run succeeds; needs no --json.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def annotate_command(input_path, output, json_path, cam_npz, overrides, config_path,
-                     summary_path, force, duration_s, max_reconnects, quiet, report_dir):
+def annotate_command(input_path, output, json_path, cam_npz, events_path, mqtt, overrides,
+                     config_path, summary_path, force, duration_s, max_reconnects, quiet,
+                     report_dir):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -91,7 +97,8 @@ def annotate_command(input_path, output, json_path, cam_npz, overrides, config_p
     camera = {"max_reconnects": max_reconnects} if max_reconnects is not None else None
     result = annotate_video(input_path, output, json_path=json_path, cam_npz=cam_npz,
                             config=config, progress=not quiet, summary_path=summary_path,
-                            force=force, duration_s=duration_s or 0.0, camera=camera)
+                            force=force, duration_s=duration_s or 0.0, camera=camera,
+                            events=events_path, mqtt=from_arg_file(mqtt))
     if not quiet:
         click.echo(format_summary(result), err=True)
         written = ", ".join(str(p) for p in (output, json_path, cam_npz) if p)
@@ -143,6 +150,11 @@ def _live_options(ctx, param, value):
               help="annotate: also save Grad-CAM arrays here.")
 @click.option("--audio-from", default=None,
               help="annotate: copy audio from this input (@FILE: read it from FILE).")
+@click.option("--events", "events_path", default=None,
+              help="annotate: append per-track events (appeared, label_changed, left) "
+                   "here as JSON lines.")
+@click.option("--mqtt", default=None, help="annotate: publish the events to "
+              "mqtt://HOST[:PORT]/TOPIC (@FILE: read it from FILE).")
 @click.option("--stream", default=None,
               help="source: stream id carried by its frames [default: 0]; when given the "
                    "stage reports to --control as source-ID.")
@@ -181,7 +193,8 @@ def _live_options(ctx, param, value):
 @click.option("--insecure", is_flag=True,
               help="Allow binding or connecting a non-loopback address without CurveZMQ.")
 def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends, json_path,
-                  cam_npz, audio_from, stream, reader, live, index_from, live_out, streams,
+                  cam_npz, audio_from, events_path, mqtt, stream, reader, live, index_from,
+                  live_out, streams,
                   segment_s, keep_age_s, keep_bytes, push_transport, control, gate,
                   curve_keys, insecure):
     """Run one pipeline stage alone, e.g. on another host.
@@ -207,7 +220,7 @@ def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends
 
     # @FILE: the value is in that file (how `annotate`/`monitor` hand a URL to a stage,
     # so that a password in it never shows in `ps`)
-    in_, out, audio_from = (from_arg_file(v) for v in (in_, out, audio_from))
+    in_, out, audio_from, mqtt = (from_arg_file(v) for v in (in_, out, audio_from, mqtt))
     if config_json:
         data = json.loads(config_json) | overrides
         config = from_dict(AnnotateConfig, data, source="--config-json")
@@ -215,6 +228,8 @@ def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends
         config = load_annotate_config(config_path, **overrides)
     curve = CurveKeys.from_directory(curve_keys) if curve_keys else None
     job = {"json": json_path, "cam_npz": cam_npz, "audio_from": audio_from, "gate": gate}
+    if name == "annotate":
+        job |= {"events": events_path, "mqtt": mqtt}
     if name == "source":
         job |= {"stream": stream, "reader": reader, "live": live, "index_from": index_from}
     if name == "annotate" and live_out:

@@ -39,15 +39,24 @@ from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
 from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.messages import check_stream_id
 from gimefive.pipeline.probe import check_output, is_live, probe_input
+from gimefive.pipeline.readers import is_v4l2
 from gimefive.pipeline.stage import LIVE_HWM
 from gimefive.pipeline.stages.source import RESTART_INDEX_GAP
 from gimefive.pipeline.supervisor import RestartPolicy, StageProcess, Supervisor
 from gimefive.pipeline.transport import ipc_endpoint, private_ipc_dir
+from gimefive.pipeline.v4l2 import probe_v4l2
 
 from gimefive.config import check_settings, load_config, setting, shipped_config, to_dict
 from gimefive.errors import GimefiveError, StageError
-from gimefive.memory import rss_mb
-from gimefive.urls import from_arg_file, redact_url, url_arg
+from gimefive.memory import cpu_seconds, rss_mb
+from gimefive.urls import (
+    arg_file,
+    check_env,
+    expand_env,
+    from_arg_file,
+    redact_url,
+    url_arg,
+)
 
 log = logging.getLogger("gimefive.monitor")
 DEFAULT_MONITOR_CONFIG = shipped_config("monitor.yaml")
@@ -63,7 +72,9 @@ class MonitorConfig(LiveOptions):
     config."""
 
     sources: list[str] = setting(factory=list, help='Cameras: "rtsp://..." or '
-                                 '"ID=rtsp://..."; a video file plays at real time, looping.')
+                                 '"ID=rtsp://..."; a video file plays at real time, looping; '
+                                 'a webcam is /dev/videoN or v4l2:///dev/videoN?size=WxH&fps=N; '
+                                 '${VAR} is taken from the environment by the camera\'s stage.')
     out: str | None = setting(None, flag="-o --out", help="Annotated video: FILE.mp4 writes "
                               "FILE_00000.mp4, ... segments (fragmented MP4, listed in "
                               "FILE.ffconcat); rtsp://... pushes to a server. Several "
@@ -97,10 +108,24 @@ class MonitorConfig(LiveOptions):
                               "10G, 1T); 0: keep all.")
     duration_s: float = setting(0.0, min=0, flag="--duration", help="Stop after this many "
                                 "seconds; 0: run until Ctrl-C/SIGTERM.")
+    cameras: str | None = setting(None, path=True, help="YAML list of cameras (id, url, "
+                                  "optional settings) instead of URLs; re-read on SIGHUP or "
+                                  "when it changes: added cameras start, removed ones stop.")
+    metrics_port: int = setting(0, min=0, max=65535, help="Serve Prometheus metrics at "
+                                "/metrics, and /healthz, /readyz, on this port (needs "
+                                "prometheus-client); 0: off.")
+    metrics_host: str = setting("127.0.0.1", help="Address the metrics port listens on "
+                                "(0.0.0.0: every interface).")
     annotate_config: str | None = setting(None, path=True, flag="--stage-config",
                                           help="YAML for the stages (backend, detector, "
                                                "tracker, drawing, encoder); null: "
                                                "configs/annotate.yaml.")
+    events: str | None = setting(None, path=True, help="Append per-track events (appeared, "
+                                 "label_changed, left; camera, track id, UTC time, label, "
+                                 "confidence) here as JSON lines.")
+    mqtt: str | None = setting(None, help="Also publish "
+                               "the events there (QoS 1, extra: gimefive[mqtt]); "
+                               "reconnects when the broker goes away, never slows the run.")
 
     def __post_init__(self) -> None:
         check_settings(self, "monitor config")
@@ -127,16 +152,34 @@ def parse_sources(specs: list[str]) -> dict[str, str]:
         if name in sources:
             raise GimefiveError(f"source id {name!r} given twice")
         sources[name] = from_arg_file(url)  # [ID=]@FILE: the URL kept out of `ps`
+        check_env(sources[name])  # ${VAR} unset: one line now; expanded by its stage
     if not sources:
         raise GimefiveError("no source: give at least one rtsp:// URL (or a video file)")
     return sources
 
 
+def source_reader(url: str) -> str:
+    """The reader kind of a camera's stage: a webcam ``v4l2``, a network URL ``auto``
+    (``rtsp``), a video file ``loop`` (played as a camera: paced, looping)."""
+    if is_v4l2(url):
+        return "v4l2"
+    return "auto" if is_live(url) else "loop"
+
+
 def check_monitor_inputs(sources: dict[str, str], cfg: MonitorConfig) -> dict[str, Any]:
     """Probe every camera and check every output before starting any process."""
+    if cfg.events or cfg.mqtt:
+        from gimefive.pipeline.events import check_events_outputs
+
+        check_events_outputs(cfg.events, cfg.mqtt)  # cheap: before the probes
     infos = {}
     for name, url in sources.items():
-        info = probe_input(url, transport=cfg.transport, timeout_s=cfg.open_timeout_s)
+        if is_v4l2(url):  # a webcam: opened and closed at once, for its stage to open
+            infos[name] = probe_v4l2(url, cfg.open_timeout_s)
+            continue
+        # ${VAR} expanded for this probe only, in memory; its errors are redacted
+        info = probe_input(expand_env(url), transport=cfg.transport,
+                           timeout_s=cfg.open_timeout_s)
         infos[name] = {"url": redact_url(url), "codec": info.codec,
                        "size": [info.width, info.height], "fps": info.fps}
     if cfg.out and not is_live(cfg.out):
@@ -180,6 +223,9 @@ class Monitor:
         self._drain_last = (-1, time.monotonic())
         self.log_dir = log_dir
         self.directory: Path | None = None  # the run's private folder, set by run()
+        self.camera_options: dict[str, dict] = {}  # per camera (--cameras FILE)
+        self.reloader = None  # CameraReloader with --cameras FILE
+        self.metrics = None  # MonitorMetrics with --metrics-port, set by run()
 
     # -- process layout
     def _args(self, name: str, endpoints: dict[str, str]) -> list[str]:
@@ -194,9 +240,9 @@ class Monitor:
             # URLs go as @FILE in the private folder: argv is readable by every local user
             source = url_arg(self.directory, f"source-{sid}.url", self.sources[sid])
             # a video file given as a camera plays as one (paced, looping)
-            reader = "auto" if is_live(self.sources[sid]) else "loop"
+            reader = source_reader(self.sources[sid])
             return ["--in", source, "--out", endpoints["detect"], "--reader", reader,
-                    "--stream", sid, "--live-json", json.dumps(self.cfg.live_options()),
+                    "--stream", sid, "--live-json", json.dumps(self._live_options(sid)),
                     "--index-from", str(self.index_from[sid]), *live]
         if name == "annotate":
             out = url_arg(self.directory, "output.url", self.cfg.out) if self.cfg.out else "-"
@@ -205,9 +251,21 @@ class Monitor:
                     "--keep-age-s", str(self.cfg.keep_age_s),
                     "--keep-bytes", str(self.cfg.keep_bytes),
                     "--push-transport", self.cfg.push_transport, *live]
-            return args + (["--json", self.cfg.json] if self.cfg.json else [])
+            return args + (["--json", self.cfg.json] if self.cfg.json else []) \
+                + self._events_args()
         following = {"detect": "classify", "classify": "track", "track": "annotate"}[name]
         return ["--in", endpoints[name], "--out", endpoints[following], *live]
+
+    def _events_args(self) -> list[str]:
+        """The annotate stage's event outputs; the broker URL (credentials) as @FILE."""
+        args = ["--events", self.cfg.events] if self.cfg.events else []
+        if self.cfg.mqtt:
+            args += ["--mqtt", arg_file(self.directory, "mqtt.url", self.cfg.mqtt)]
+        return args
+
+    def _live_options(self, sid: str) -> dict[str, Any]:
+        """The run's camera options, with camera ``sid``'s own from the cameras file."""
+        return {**self.cfg.live_options(), **self.camera_options.get(sid, {})}
 
     def _process(self, name: str) -> StageProcess:
         """Every stage, cameras and the live sink included, runs as `gimefive stage`."""
@@ -272,6 +330,8 @@ class Monitor:
         """Camera ``stage`` ended for good while others go on: one line, said once."""
         line = why if gave_up else f"camera {stage.name.removeprefix('source-')} ended: {why}"
         self.ended[stage.name] = line
+        if self.metrics is not None:
+            self.metrics.camera_ended(stage.name.removeprefix("source-"), line)
         log.error("%s", line)  # e.g. "camera ID gave up after N reconnect attempt(s): ..."
 
     def policy(self) -> RestartPolicy:
@@ -312,16 +372,15 @@ class Monitor:
                 "faces": int(sink.get("faces", 0)),
                 "ended": f"source-{sid}" in self.ended}
         self.last_status = (now, counts)
-        stages = {s.name: {"restarts": s.restarts,
-                           "rss_mb": rss_mb(s.proc.pid) if s.proc and s.proc.poll() is None
-                           else None}
-                  for s in self.supervisor.stages.values()}
+        stages = {s.name: _stage_status(s) for s in self.supervisor.stages.values()}
         return {"kind": "status", "time": round(time.time(), 3),
                 "uptime_s": round(now - self.started, 1), "streams": streams, "stages": stages}
 
     def _emit_status(self) -> None:
         record = self.status()
         self.status_records.append(record)
+        if self.metrics is not None:
+            self.metrics.update(record)
         if self.status_file is not None:
             self.status_file.write(json.dumps(record, separators=(",", ":")) + "\n")
         if not self.quiet:
@@ -332,8 +391,37 @@ class Monitor:
         if self.last_tick is None or now - self.last_tick >= self.cfg.status_every_s:
             self.last_tick = now
             self._emit_status()
+        if self.reloader is not None:
+            self.reloader.poll()  # --cameras FILE edited, or SIGHUP
         if self.cfg.duration_s and now - self.started >= self.cfg.duration_s:
             raise _StopRequested()
+
+    # -- cameras added and removed while running (--cameras FILE: cameras_file.py)
+    def add_camera(self, sid: str, url: str, options: dict[str, Any]) -> None:
+        """Start camera ``sid``'s source stage, built as the first ones were."""
+        self.sources[sid], self.camera_options[sid] = url, options
+        self.index_from.setdefault(sid, 0)
+        self.ended.pop(f"source-{sid}", None)
+        self.supervisor.policy = self.policy()
+        self.supervisor.add(self._process(f"source-{sid}"))
+        self._cameras_changed()
+
+    def remove_camera(self, sid: str) -> None:
+        """Stop camera ``sid`` cleanly (SIGTERM: its stream ends, so the live sink
+        finalises its segments and list); its frame numbers go on if it comes back."""
+        self.supervisor.remove(f"source-{sid}")
+        decoded = int(self.source_live.pop(sid, {}).get("decoded", 0))
+        self.index_from[sid] = self.index_from.get(sid, 0) + decoded + RESTART_INDEX_GAP
+        self.sources.pop(sid, None)
+        self.camera_options.pop(sid, None)
+        self.ended.pop(f"source-{sid}", None)
+        self.supervisor.policy = self.policy()
+        self._cameras_changed()
+
+    def _cameras_changed(self) -> None:
+        """/metrics, /healthz and /readyz follow the cameras now in the run."""
+        if self.metrics is not None:
+            self.metrics.set_cameras(list(self.sources))
 
     # -- run
     def run(self) -> dict[str, Any]:
@@ -344,7 +432,16 @@ class Monitor:
         # explicit handlers: a monitor started in the background inherits SIGINT ignored
         previous = {sig: signal.signal(sig, _raise_stop)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        server = None
         try:
+            if self.cfg.metrics_port:  # first: a port in use stops the run before it starts
+                from gimefive.pipeline.metrics import MonitorMetrics, serve_metrics
+
+                self.metrics = MonitorMetrics(list(self.sources))
+                server = serve_metrics(self.metrics, self.cfg.metrics_host,
+                                       self.cfg.metrics_port)
+                log.info("metrics at http://%s:%d/metrics (also /healthz, /readyz)",
+                         self.cfg.metrics_host, server.port)
             with private_ipc_dir("gimefive-monitor-") as directory:
                 self.directory = directory  # also where stage arguments holding URLs go
                 if status_path:
@@ -369,6 +466,10 @@ class Monitor:
                     self.final = self.status()
                     self._write_final()
         finally:
+            if self.reloader is not None:
+                self.reloader.close()
+            if server is not None:
+                server.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if self.status_file is not None:
@@ -405,6 +506,15 @@ class Monitor:
             self.status_file.write(json.dumps(self.final, separators=(",", ":")) + "\n")
 
 
+def _stage_status(stage: StageProcess) -> dict[str, Any]:
+    """A stage's part of a status record; ``alive``: running, or its restart is due."""
+    running = stage.proc is not None and stage.proc.poll() is None
+    return {"restarts": stage.restarts,
+            "rss_mb": rss_mb(stage.proc.pid) if running else None,
+            "cpu_s": cpu_seconds(stage.proc.pid) if running else None,
+            "alive": running or stage.restart_at is not None}
+
+
 def _raise_stop(signum, frame) -> None:
     raise _StopRequested(signal.Signals(signum).name)
 
@@ -428,8 +538,23 @@ def run_monitor(sources: list[str], cfg: MonitorConfig,
                 stage_config: AnnotateConfig | None = None, quiet: bool = False,
                 log_dir: str | Path | None = None) -> dict[str, Any]:
     """Check everything, then run the live pipeline until stopped; returns the last status."""
-    named = parse_sources(sources)
-    if not cfg.out and not cfg.json:
+    cameras = None
+    if cfg.cameras:
+        if sources:
+            raise GimefiveError("give cameras either as URLs or with --cameras FILE, not both")
+        from gimefive.pipeline.cameras_file import load_cameras
+
+        cameras = load_cameras(cfg.cameras)
+        named = {sid: camera.url for sid, camera in cameras.items()}
+    else:
+        named = parse_sources(sources)
+    if not (cfg.out or cfg.json or cfg.events or cfg.mqtt):
         raise GimefiveError("nothing to write: give --out FILE.mp4|rtsp://... and/or --json FILE")
     check_monitor_inputs(named, cfg)
-    return Monitor(named, cfg, stage_config, quiet=quiet, log_dir=log_dir).run()
+    monitor = Monitor(named, cfg, stage_config, quiet=quiet, log_dir=log_dir)
+    if cameras is not None:
+        from gimefive.pipeline.cameras_file import CameraReloader
+
+        monitor.camera_options = {sid: c.live_options() for sid, c in cameras.items()}
+        monitor.reloader = CameraReloader(monitor, cfg.cameras, cameras)
+    return monitor.run()

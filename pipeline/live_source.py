@@ -42,6 +42,7 @@ from gimefive.pipeline.readers import (
     check_local_input,
     reason,
 )
+from gimefive.pipeline.wallclock import camera_utc
 
 from gimefive.config import check_settings, setting
 from gimefive.errors import GimefiveError
@@ -154,6 +155,7 @@ class RtspReader(InputReader):
         self.time_base = LIVE_TIME_BASE
         self.size: tuple[int, int] | None = None
         self._clock0 = time.monotonic()
+        self._container: Any = None
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
@@ -248,6 +250,7 @@ class RtspReader(InputReader):
             outage = self._begin_outage(why, started, attempts)
 
     def _frames(self, container, outage: Outage | None) -> Iterator[Frame]:
+        self._container = container  # its RTCP wall clock dates the frames (_make)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
@@ -282,7 +285,8 @@ class RtspReader(InputReader):
         image = frame.to_ndarray(format="bgr24")
         self.size = (image.shape[1], image.shape[0])
         pts = round((time.monotonic() - self._clock0) / self.time_base)
-        out = Frame(self.counters.decoded, pts, image, time.time())
+        out = Frame(self.counters.decoded, pts, image, time.time(),
+                    camera_utc(self._container, frame))
         self.counters.decoded += 1
         return out
 

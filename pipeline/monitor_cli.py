@@ -46,7 +46,8 @@ def _keep(ctx, param, value):
 #: the monitor settings offered as flags (all: --config FILE), and the stages' ones
 MONITOR_FLAGS = ("out", "json", "status_json", "transport", "stall_timeout_s",
                  "max_reconnects", "status_every_s", "segment_s", "keep_age_s", "keep_bytes",
-                 "duration_s", "annotate_config")
+                 "duration_s", "cameras", "metrics_port", "metrics_host", "annotate_config",
+                 "events", "mqtt")
 STAGE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "overlay",
                "blur_faces")
 
@@ -58,6 +59,7 @@ STAGE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "overla
                    "ID=rtsp://...; a video file plays at real time, looping.")
 @config_options(MonitorConfig, *MONITOR_FLAGS,
                 out={"metavar": "FILE.mp4|rtsp://..."},
+                mqtt={"metavar": "mqtt://HOST:PORT/TOPIC"},
                 keep_age_s={"type": str, "callback": _keep, "metavar": "DURATION"},
                 keep_bytes={"type": str, "callback": _keep, "metavar": "SIZE"})
 @config_options(AnnotateConfig, *STAGE_FLAGS, dest="stage_overrides")
@@ -92,11 +94,14 @@ def monitor_command(urls, sources, overrides, stage_overrides, config_path, log_
     logging.getLogger("libav").setLevel(logging.ERROR)
     cfg = load_monitor_config(config_path, **overrides)
     all_sources = [*urls, *sources] or list(cfg.sources)
-    if not all_sources:
-        raise click.UsageError("give at least one camera URL (or --source, or sources: in "
-                               "the config)")
-    if not cfg.out and not cfg.json:
-        raise click.UsageError("give -o FILE.mp4|rtsp://... and/or --json FILE")
+    if cfg.cameras:  # the cameras file replaces the config's own list
+        all_sources = [*urls, *sources]
+    elif not all_sources:
+        raise click.UsageError("give at least one camera URL (or --source, --cameras FILE, "
+                               "or sources: in the config)")
+    if not (cfg.out or cfg.json or cfg.events or cfg.mqtt):
+        raise click.UsageError("give -o FILE.mp4|rtsp://... and/or --json FILE (or "
+                               "--events FILE, --mqtt URL)")
     stage_cfg = load_annotate_config(cfg.annotate_config, **stage_overrides)
     final = run_monitor(all_sources, cfg, stage_cfg, quiet=quiet, log_dir=log_dir)
     if not quiet:

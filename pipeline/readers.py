@@ -15,8 +15,11 @@ Kinds (:data:`READERS`, the ``--reader`` option of ``gimefive stage source``):
 * ``loop``: a video file played as a camera, at its frame rate, looping: the stand-in
   camera of tests and benchmarks (:class:`gimefive.pipeline.live_source.LoopReader`).
 
-A webcam (``/dev/video0``) or another input plugs in as one more subclass and one more
-line in :data:`READERS`.
+* ``v4l2``: a webcam (``/dev/video0``, ``v4l2:///dev/video0?size=1280x720&fps=30``) with
+  the ``rtsp`` reader's reconnect rules (:class:`gimefive.pipeline.v4l2.V4l2Reader`;
+  capture itself is untested: no camera on the machines it was written on).
+
+Another input plugs in as one more subclass and one more line in :data:`READERS`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ READERS: dict[str, str] = {
     "file": "gimefive.pipeline.readers:FileReader",
     "rtsp": "gimefive.pipeline.live_source:RtspReader",
     "loop": "gimefive.pipeline.live_source:LoopReader",
+    "v4l2": "gimefive.pipeline.v4l2:V4l2Reader",
 }
 
 
@@ -60,6 +64,7 @@ class Frame:
     pts: int | None
     image: np.ndarray        # BGR uint8 HxWx3
     t_decoded: float = 0.0   # time.time() at decode
+    utc: float | None = None  # the camera's wall-clock time (RTCP), when it sent one
 
 
 class InputReader:
@@ -97,14 +102,21 @@ class InputReader:
 
 
 def reader_kind(url: str, kind: str = "auto") -> str:
-    """``auto``: a network URL is ``rtsp``, anything else a ``file``."""
+    """``auto``: a webcam (``/dev/video*``, ``v4l2://``) is ``v4l2``, a network URL
+    ``rtsp``, anything else a ``file``."""
     from gimefive.pipeline.probe import is_live  # imports av: only when a stage runs
 
     if kind == "auto":
-        return "rtsp" if is_live(url) else "file"
+        return "v4l2" if is_v4l2(url) else "rtsp" if is_live(url) else "file"
     if kind not in READERS:
         raise GimefiveError(f"unknown reader {kind!r}; expected auto or one of {list(READERS)}")
     return kind
+
+
+def is_v4l2(url: str) -> bool:
+    """A V4L2 camera: ``/dev/videoN`` or ``v4l2://...``."""
+    url = str(url)
+    return url.lower().startswith("v4l2://") or url.startswith("/dev/video")
 
 
 def open_reader(url: str, kind: str = "auto", stream_id: str = "0", options: Any = None,

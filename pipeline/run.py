@@ -37,7 +37,7 @@ from gimefive.pipeline.transport import CurveKeys, ipc_endpoint, private_ipc_dir
 
 from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError, StageError
-from gimefive.urls import redact_text, url_arg
+from gimefive.urls import arg_file, expand_env, redact_text, url_arg
 
 ANNOTATE_STAGES = ("source", "detect", "classify", "track", "annotate")
 #: a camera's recording ended: how long the stages may take to write the frames in flight
@@ -108,7 +108,9 @@ def _check_paths(input_path: Path | str, outputs: dict[str, Path | None], max_pi
     Outputs are compared with the input and with each other by file identity, so a hard
     link to the input is the input; an existing output needs ``force``.
     """
-    probe_input(input_path, max_pixels=max_pixels)
+    # a camera URL's ${VAR} expanded for this probe only (its stage expands its own)
+    probe_input(expand_env(input_path) if isinstance(input_path, str) else input_path,
+                max_pixels=max_pixels)
     named = [(OUTPUT_NAMES[key], out) for key, out in outputs.items() if out is not None]
     for i, (what, out) in enumerate(named):
         if isinstance(input_path, Path) and same_file(out, input_path):
@@ -159,6 +161,15 @@ def stage_args(name: str, endpoints: dict[str, str], config: AnnotateConfig,
                 value = url_arg(private_dir, "audio.url", str(job[key])) \
                     if key == "audio_from" else str(job[key])
                 args += [f"--{key.replace('_', '-')}", value]
+        args += _events_args(job, private_dir)
+    return args
+
+
+def _events_args(job: dict[str, Any], private_dir: Path) -> list[str]:
+    """The annotate stage's event outputs; the broker URL (credentials) as @FILE."""
+    args = ["--events", str(job["events"])] if job.get("events") else []
+    if job.get("mqtt"):
+        args += ["--mqtt", arg_file(private_dir, "mqtt.url", job["mqtt"])]
     return args
 
 
@@ -198,7 +209,8 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
                    config: AnnotateConfig | None = None, progress: bool = True,
                    save_resolved_config: bool = True, summary_path: str | Path | None = None,
                    force: bool = False, duration_s: float = 0.0,
-                   camera: dict[str, Any] | None = None) -> AnnotateResult:
+                   camera: dict[str, Any] | None = None, events: str | Path | None = None,
+                   mqtt: str | None = None) -> AnnotateResult:
     """Annotate a video file; every input frame appears once in ``output``, same timing.
 
     ``summary_path``: also write the summary there as JSON. ``force``: replace existing
@@ -209,6 +221,9 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     SIGTERM, ``duration_s`` (0: no limit), or until it is given up; each of these ends
     the recording normally: the outputs are finalised and published. A camera given up
     then raises :class:`StageError` with its line, after publishing.
+
+    ``events`` (a JSON-lines file, appended as it goes) and ``mqtt`` (a broker URL): the
+    per-track events of :mod:`gimefive.pipeline.events`.
     """
     config = config or load_annotate_config()
     live = is_live(input_path)
@@ -225,6 +240,10 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     summary_path = Path(summary_path) if summary_path else None
     finals = {"output": output, "json": json_path, "cam_npz": cam_npz, "summary": summary_path}
     # one clear line, before any stage
+    if events or mqtt:
+        from gimefive.pipeline.events import check_events_outputs
+
+        check_events_outputs(str(events) if events else None, mqtt)
     _check_paths(input_path, finals, config.max_pixels, force)
     if config.landmarks68:
         from gimefive.landmarks68 import unavailable_reason
@@ -236,7 +255,8 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     partial = {key: _partial_name(path) for key, path in finals.items() if path}
     stop = _LiveStop(duration_s) if live else None
     try:
-        result = _run_job(input_path, partial, config, progress, stop, camera)
+        result = _run_job(input_path, partial, config, progress, stop, camera,
+                          {"events": events, "mqtt": mqtt})
         if "summary" in partial:
             partial["summary"].write_text(json.dumps(result.to_dict(), indent=2))
         _publish(partial, finals)
@@ -252,7 +272,8 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
 
 def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateConfig,
              progress: bool, stop: _LiveStop | None = None,
-             camera: dict[str, Any] | None = None) -> AnnotateResult:
+             camera: dict[str, Any] | None = None,
+             events: dict[str, Any] | None = None) -> AnnotateResult:
     """Run the five stages, which write to the ``partial`` paths; summarise the run.
 
     ``stop``: the input is a camera, and this says when its recording ends."""
@@ -260,7 +281,7 @@ def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateC
            "json": partial.get("json"), "cam_npz": partial.get("cam_npz"),
            # a camera has no audio to copy (and is not opened a second time for it)
            "audio_from": str(input_path) if config.audio and stop is None else None,
-           "live": camera}
+           "live": camera} | (events or {})
     bar = _Progress(progress)
     start = time.perf_counter()
     with private_ipc_dir() as directory:

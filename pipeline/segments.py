@@ -312,7 +312,9 @@ class PerStreamSink(Sink):
     def _output(self, msg: TrackedMsg):
         out = self.outputs.get(msg.stream)
         if out is None:
-            target = stream_output(self.base, msg.stream, len(self.streams) <= 1)
+            # a stream that joined later (cameras file) never takes the single name
+            single = not self.streams or self.streams == [msg.stream]
+            target = stream_output(self.base, msg.stream, single)
             fps = msg.rate[0] / msg.rate[1] if msg.rate else 25.0
             out = self.outputs[msg.stream] = self.writer(target, fps=fps, **self.options)
         return out
@@ -323,6 +325,13 @@ class PerStreamSink(Sink):
 
     def info(self) -> dict[str, Any]:
         return {"video": {s: out.stats() for s, out in self.outputs.items()}}
+
+    def end_stream(self, stream: str) -> None:
+        """That camera's writer closes its last segment and list; a frame that comes
+        later for it opens a new writer, numbering on."""
+        out = self.outputs.pop(stream, None)
+        if out is not None:
+            out.close()
 
     def close(self) -> None:
         errors = []

@@ -28,6 +28,7 @@ import numpy as np
 from gimefive.pipeline.encoder import add_video_stream, pick_codec
 from gimefive.pipeline.messages import TrackedMsg
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
+from gimefive.pipeline.wallclock import utc_fields
 
 from gimefive.errors import GimefiveError
 from gimefive.labels import EMOTIONS
@@ -39,6 +40,7 @@ SINKS: dict[str, str] = {
     "rtsp": "gimefive.pipeline.segments:RtspSink",           # rtsp:// push
     "jsonl": "gimefive.pipeline.sinks:JsonLinesSink",        # JSON lines, truncate or append
     "cam_npz": "gimefive.pipeline.sinks:CamNpzSink",         # Grad-CAM arrays
+    "events": "gimefive.pipeline.events:EventsSink",         # per-track events: file, MQTT
 }
 
 
@@ -54,6 +56,10 @@ class Sink:
 
     def close(self) -> None:
         """Finalise the output."""
+
+    def end_stream(self, stream: str) -> None:
+        """Stream ``stream`` ended while the others go on (a camera removed or given up):
+        finalise what is its own (a per-camera output); a shared output goes on."""
 
     def info(self) -> dict[str, Any]:
         return {}
@@ -102,6 +108,9 @@ def sink_specs(job: dict[str, Any], config) -> list[SinkSpec]:
             "append": live, "blur_faces": config.blur_faces}))
     if job.get("cam_npz"):
         specs.append(SinkSpec("cam_npz", str(job["cam_npz"])))
+    if job.get("events") or job.get("mqtt"):
+        specs.append(SinkSpec("events", str(job.get("events") or ""),
+                              {"mqtt": job.get("mqtt")}))
     return specs
 
 
@@ -271,6 +280,7 @@ class JsonLinesSink(Sink):
         record = frame_record(msg)
         if "live" in msg.extra:
             record["live"] = msg.extra["live"]
+        record |= utc_fields(msg.extra)  # a live frame's UTC time and where it came from
         if self.blur_faces:
             record["blur_faces"] = True
         self.file.write(json.dumps(record, separators=(",", ":")) + "\n")

@@ -375,5 +375,20 @@ class Supervisor:
                 proc.wait()
         return bool(alive)
 
+    def add(self, stage: StageProcess) -> None:
+        """Start a new stage while the run goes on (a camera added to a live run)."""
+        self.stages[stage.name] = stage
+        self.crashes.pop(stage.name, None)
+        self.start(stage)
+
+    def remove(self, name: str) -> None:
+        """Stop stage ``name`` for good (SIGTERM: it finalises its output, its last
+        reports are read) and forget it; the other stages go on."""
+        stage = self.stages.get(name)
+        if stage is not None:
+            self._terminate([stage])
+            del self.stages[name]
+            self.crashes.pop(name, None)
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started_at

@@ -9,12 +9,13 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[dev,landmarks68]'
 # RTSP test server (GStreamer, system python3-gi) and ffmpeg/ffprobe for the live tests;
-# chromium loads report.html in tests/test_report.py (headless);
+# chromium loads report.html in tests/test_report.py (headless); mosquitto is the MQTT
+# broker of tests/test_events.py;
 # only as root with apt-get (CI runs as root); the tests skip with a reason without them.
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-    gstreamer1.0-rtsp rtsp-server-perl chromium
+    gstreamer1.0-rtsp rtsp-server-perl chromium mosquitto
 fi

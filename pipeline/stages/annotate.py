@@ -109,8 +109,11 @@ class AnnotateStage(Stage):
                 self.counters[f"latency_ms_p{q}"] = round(1000 * value, 1)
 
     def end_stream(self, eos):
-        """One stream ended: its counts are final; the other streams' outputs go on."""
+        """One stream ended: its counts are final and its own outputs finalised (its
+        segments and list); the other streams' outputs go on."""
         self._latency_counters()
+        for sink in self.sinks:
+            sink.end_stream(eos.stream)
         yield from super().end_stream(eos)
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 
 from gimefive.errors import GimefiveError
-from gimefive.urls import redact_text
+from gimefive.urls import expand_env, redact_text
 
 #: frames between decoding and sending for a file (a live input: its queue_size option)
 FILE_QUEUE_SIZE = 8
@@ -173,6 +173,15 @@ class FrameFeed:
         self.stop()
 
 
+def live_utc(frame: Frame) -> dict[str, Any]:
+    """A live frame's wall-clock time for its records (see
+    :mod:`gimefive.pipeline.wallclock`): the camera's (RTCP) when it sent one, else the
+    arrival (decode) time. Files keep their pts and get none."""
+    if frame.utc is not None:
+        return {"utc": frame.utc, "utc_source": "rtcp"}
+    return {"utc": frame.t_decoded or time.time(), "utc_source": "arrival"}
+
+
 class SourceStage(Stage):
     """Job keys: ``input`` (file or URL), ``reader`` (kind; default ``auto``: a URL is
     a camera, a path a file), ``stream`` (id; when given the stage reports as
@@ -196,7 +205,10 @@ class SourceStage(Stage):
         if not self.job.get("input"):
             raise GimefiveError("source stage needs an input (--in VIDEO or URL)")
         options = LiveOptions(**(self.job.get("live") or {}))
-        self.reader = open_reader(str(self.job["input"]), self.job.get("reader") or "auto",
+        # ${VAR} (a password in the environment) is expanded here, where the URL is
+        # opened, never in the parent: argv, logs and files keep the unexpanded form
+        self.reader = open_reader(expand_env(str(self.job["input"])),
+                                  self.job.get("reader") or "auto",
                                   self.stream_id, options, self.config.decode_threads,
                                   decode_device=self.config.decode_device)
         self.feed = FrameFeed(self.reader)
@@ -238,7 +250,7 @@ class SourceStage(Stage):
         if self.reader.live:
             counters = self.feed.stats()
             extra = {"live": {k: counters.get(k, 0) for k in FRAME_COUNTERS}
-                     | {"sent": self.sent + 1}}
+                     | {"sent": self.sent + 1}} | live_utc(msg)
         out = FrameMsg(stream=self.stream_id, index=self.index_from + msg.index, pts=pts,
                        time_base=self.time_base, rate=self._rate(),
                        t_decoded=msg.t_decoded or time.time(), extra=extra, image=image)
