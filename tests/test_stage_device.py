@@ -47,7 +47,10 @@ def detect(frames, **config):
 
 def classify(detections, weights):
     """The stage's outputs and the network inputs it built (the engine is wrapped)."""
-    stage = ClassifyStage(AnnotateConfig(backend="torch", weights=str(weights), cam_every=2))
+    # one engine worker: with two, the CAM and no-CAM batches are recorded in whichever
+    # order their threads run, and the two paths' inputs would not line up row by row
+    stage = ClassifyStage(AnnotateConfig(backend="torch", weights=str(weights), cam_every=2,
+                                         classify_workers=1))
     stage.setup()
     engine, inputs = stage.backend, []
 
