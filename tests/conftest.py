@@ -31,6 +31,7 @@ def fer_data() -> Path:
 # them lands in the right tier without anyone remembering; one that starts a process
 # some other way is marked by hand.
 INTEGRATION_FIXTURES = frozenset({"fer_data", "server", "rtsp_server", "door_server",
+                                  "small_camera",
                                   "camera"})
 
 
@@ -60,6 +61,18 @@ def weights(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     return save_weights(tmp_path_factory.mktemp("w") / "random.safetensors", GiMeFive().eval())
+
+
+@pytest.fixture()
+def small_camera():
+    """A real RTSP camera (GStreamer test server, 160x120 at 10 fps, path ``/cam``) on a
+    free loopback port; the test is skipped, with the reason, where it cannot run."""
+    from rtsp_server import RtspServer, skip_without_server
+
+    skip_without_server()
+    server = RtspServer(path="cam", width=160, height=120, fps=10).start()
+    yield server
+    server.stop()
 
 
 # ----------------------------------------------------------------------------- hygiene

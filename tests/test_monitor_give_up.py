@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from clips import write_still_clip
-from rtsp_server import RtspServer, skip_without_server
 from waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -76,11 +75,8 @@ class MonitorRun:
 
 
 @pytest.fixture()
-def door_server():
-    skip_without_server()
-    server = RtspServer(path="door", width=160, height=120, fps=10).start()
-    yield server
-    server.stop()
+def door_server(small_camera):
+    return small_camera  # the camera is named door on the command line
 
 
 def test_last_camera_given_up_ends_the_run(tmp_path, weights, door_server):

@@ -160,11 +160,8 @@ def test_stage_with_missing_value_file_is_one_line(capsys, tmp_path):
 
 # ------------------------------------------------------------ end to end, real server
 @pytest.fixture()
-def server():
-    skip_without_server()
-    srv = RtspServer(path="cam", width=160, height=120, fps=10).start()
-    yield srv
-    srv.stop()
+def server(small_camera):
+    return small_camera
 
 
 def test_404_path_line_is_redacted(capsys, tmp_path, server):
