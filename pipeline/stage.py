@@ -208,6 +208,7 @@ class StageRunner:
         self.busy_s = 0.0
         self.last_progress = 0.0
         self.last_live = 0.0
+        self.last_connected: bool | None = None
         self.stopping = False
 
     def _open(self, kind, endpoint, bind, hwm, curve, insecure,
@@ -253,13 +254,17 @@ class StageRunner:
                         malformed=self.receiver.malformed if self.receiver else 0)
 
     def _report_live(self, force: bool = False) -> None:
-        """The stage's live counters, about once a second (``force``: now)."""
+        """The stage's live counters, about once a second (``force``: now), and at once
+        when a camera connects or loses its connection: otherwise frames written could
+        show before the camera that sent them shows up (its report up to a second late)."""
         now = time.monotonic()
-        if force or now - self.last_live >= LIVE_EVERY_S:
-            self.last_live = now
-            stats = self.stage.live_stats()
-            if stats is not None:
-                self.report("live", **stats)
+        stats = self.stage.live_stats()
+        if stats is None:
+            return
+        connected = stats.get("connected")
+        if force or now - self.last_live >= LIVE_EVERY_S or connected != self.last_connected:
+            self.last_live, self.last_connected = now, connected
+            self.report("live", **stats)
 
     def _on_signal(self, signum, frame) -> None:
         """A stage that can end cleanly is asked to (once); otherwise, or on a second

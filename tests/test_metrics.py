@@ -220,7 +220,8 @@ def test_metrics_across_a_real_camera_outage(tmp_path, weights):
         return {name: samples.get((name, door), -1) for name in names}
 
     try:
-        run.wait_for(lambda: sample("gimefive_frames_written_total") > 0, 240, "frames written")
+        run.wait_for(lambda: sample("gimefive_camera_up") == 1
+                     and sample("gimefive_frames_written_total") > 0, 240, "frames written")
         before = snapshot()
         server.stop()
         run.wait_for(lambda: sample("gimefive_camera_up") == 0, 60, "the camera shown down")
