@@ -11,6 +11,7 @@ import click
 from gimefive.pipeline.config import DEFAULT_CONFIG, AnnotateConfig
 from gimefive.pipeline.readers import READERS
 from gimefive.pipeline.stage import HWM
+from gimefive.pipeline.stages import STAGES
 
 from gimefive.config_cli import config_options
 
@@ -126,8 +127,7 @@ def _live_options(ctx, param, value):
 
 
 @click.command("stage", context_settings={"show_default": True})
-@click.argument("name", type=click.Choice(["source", "detect", "classify", "track",
-                                           "annotate"]))
+@click.argument("name", type=click.Choice(list(STAGES)))
 @click.option("--in", "in_", required=True,
               help="Input: the video for `source`, else an endpoint this stage binds "
                    "(ipc://PATH or tcp://HOST:PORT). @FILE: read it from FILE (keeps a "

@@ -41,6 +41,7 @@ from gimefive.pipeline.messages import check_stream_id
 from gimefive.pipeline.probe import check_output, is_live, probe_input
 from gimefive.pipeline.readers import is_v4l2
 from gimefive.pipeline.stage import LIVE_HWM
+from gimefive.pipeline.stages import MIDDLE, ORDER, next_stage
 from gimefive.pipeline.stages.source import RESTART_INDEX_GAP
 from gimefive.pipeline.supervisor import RestartPolicy, StageProcess, Supervisor
 from gimefive.pipeline.transport import ipc_endpoint, private_ipc_dir
@@ -60,7 +61,6 @@ from gimefive.urls import (
 
 log = logging.getLogger("gimefive.monitor")
 DEFAULT_MONITOR_CONFIG = shipped_config("monitor.yaml")
-MIDDLE_STAGES = ("detect", "classify", "track")
 STATUS_KEPT = 100     # status records kept in memory (the status file has them all)
 OUTAGES_KEPT = 1000   # ended outages kept for the final record (plus their totals)
 
@@ -253,8 +253,7 @@ class Monitor:
                     "--push-transport", self.cfg.push_transport, *live]
             return args + (["--json", self.cfg.json] if self.cfg.json else []) \
                 + self._events_args()
-        following = {"detect": "classify", "classify": "track", "track": "annotate"}[name]
-        return ["--in", endpoints[name], "--out", endpoints[following], *live]
+        return ["--in", endpoints[name], "--out", endpoints[next_stage(name)], *live]
 
     def _events_args(self) -> list[str]:
         """The annotate stage's event outputs; the broker URL (credentials) as @FILE."""
@@ -446,9 +445,8 @@ class Monitor:
                 self.directory = directory  # also where stage arguments holding URLs go
                 if status_path:
                     self.status_file = open(status_path, "a", buffering=1)  # noqa: SIM115
-                self.endpoints = {n: ipc_endpoint(directory, n)
-                                  for n in ("detect", "classify", "track", "annotate")}
-                names = [f"source-{s}" for s in self.sources] + [*MIDDLE_STAGES, "annotate"]
+                self.endpoints = {n: ipc_endpoint(directory, n) for n in ORDER[1:]}
+                names = [f"source-{s}" for s in self.sources] + [*MIDDLE, "annotate"]
                 processes = [self._process(n) for n in names]
                 logs = Path(self.log_dir) if self.log_dir else directory
                 logs.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from gimefive.pipeline.control import report_stage_error
 from gimefive.pipeline.live_source import CameraGaveUp
 from gimefive.pipeline.probe import check_output, is_live, probe_input, same_file
 from gimefive.pipeline.stage import HWM, StageRunner, Stopped
-from gimefive.pipeline.stages import STAGES, stage_class
+from gimefive.pipeline.stages import ORDER, STAGES, next_stage, stage_class
 from gimefive.pipeline.summary import AnnotateResult, summarize
 from gimefive.pipeline.supervisor import (
     EXIT_GAVE_UP,
@@ -39,7 +39,6 @@ from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError, StageError
 from gimefive.urls import arg_file, expand_env, redact_text, url_arg
 
-ANNOTATE_STAGES = ("source", "detect", "classify", "track", "annotate")
 #: a camera's recording ended: how long the stages may take to write the frames in flight
 LIVE_STOP_S = 60.0
 
@@ -144,12 +143,10 @@ def stage_args(name: str, endpoints: dict[str, str], config: AnnotateConfig,
     A URL (input, ``--audio-from``) goes as ``@FILE`` in ``private_dir`` (0700), never in
     argv, where every local user could read a password in it.
     """
-    order = list(ANNOTATE_STAGES)
-    i = order.index(name)
     in_ = url_arg(private_dir, "input.url", job["input"]) if name == "source" \
         else endpoints[name]
     out = url_arg(private_dir, "output.url", job["output"]) if name == "annotate" \
-        else endpoints[order[i + 1]]
+        else endpoints[next_stage(name)]
     args = ["--in", str(in_), "--out", str(out), "--config-json", json.dumps(to_dict(config))]
     if name == "source" and job.get("gate"):
         args += ["--gate", job["gate"]]
@@ -288,7 +285,7 @@ def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateC
         endpoints = {name: ipc_endpoint(directory, name) for name in STAGES}
         job["gate"] = ipc_endpoint(directory, "gate")
         processes = [StageProcess(name, stage_args(name, endpoints, config, job, directory),
-                                  threads=_threads(name, config)) for name in ANNOTATE_STAGES]
+                                  threads=_threads(name, config)) for name in ORDER]
         kind = Supervisor if stop is None else _CameraJobSupervisor
         supervisor = kind(processes, ipc_endpoint(directory, "control"), directory,
                           on_event=bar.event, gate_endpoint=job["gate"])

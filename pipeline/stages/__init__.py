@@ -16,6 +16,17 @@ STAGES: dict[str, str] = {
 }
 
 
+#: the stage names in data-flow order (the one place that order is written)
+ORDER: tuple[str, ...] = tuple(STAGES)
+#: the stages between a run's sources and its annotate stage
+MIDDLE: tuple[str, ...] = ORDER[1:-1]
+
+
+def next_stage(name: str) -> str:
+    """The stage that ``name`` sends to (the annotate stage sends to the outputs)."""
+    return ORDER[ORDER.index(name) + 1]
+
+
 def stage_class(name: str):
     if name not in STAGES:
         raise GimefiveError(f"unknown stage {name!r}; expected one of {list(STAGES)}")
