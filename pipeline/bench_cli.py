@@ -64,7 +64,7 @@ def _at_least(minimum):
               help="Timed runs per measurement (median and best are reported).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="GiMeFive weights [default: shipped; a random-init model if none].")
-@config_options(AnnotateConfig, "backend", "cam", "cam_every", "detect_every",
+@config_options(AnnotateConfig, "backend", "cam", "cam_every", "classify_every", "detect_every",
                 dest="pipeline")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Annotate YAML config for the pipeline runs.")

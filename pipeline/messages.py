@@ -24,8 +24,8 @@ ever pickled: a header is JSON, an array is bytes plus a dtype from a fixed allo
 
 Hops (one type per hop)::
 
-    source --FrameMsg--> detect --DetectionsMsg--> classify --ClassifiedMsg-->
-    track --TrackedMsg--> annotate/encode + sinks
+    source --FrameMsg--> detect --DetectionsMsg--> track --TrackIdsMsg-->
+    classify --TrackedMsg--> annotate/encode + sinks
 
 and :class:`EndOfStream` travels the same way at the end of each stream (``reason``:
 ``eof``, ``stopped`` or ``error``). Array buffers are sent with ``copy=False``; received
@@ -187,6 +187,10 @@ _FRAME_FIELDS: dict[str, tuple[type, ...]] = {
     "rate": (list, type(None)),  # average frame rate [num, den] when known
     "t_decoded": (float,),       # wall clock (time.time()) when decoded: latency
     "extra": (dict,),            # free-form JSON for extensions (e.g. live drop counts)
+    # place in the stream's contiguous sequence, stamped by a sender to stage replicas
+    # (pipeline.replicas) so the stage after them can put the frames back in order; null
+    # without replicas
+    "seq": (int, type(None)),
 }
 
 
@@ -205,10 +209,13 @@ class FrameMsg(Message):
     rate: list | None = None
     t_decoded: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
+    seq: int | None = None
     image: np.ndarray
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.seq is not None and self.seq < 0:
+            raise WireError(f"{self.KIND} message: field 'seq' expected >= 0, got {self.seq}")
         for name in ("time_base", "rate"):
             value = getattr(self, name)
             ints = value is not None and len(value) == 2 and all(
@@ -254,45 +261,67 @@ class DetectionsMsg(FrameMsg):
 
 
 @dataclass(kw_only=True)
-class ClassifiedMsg(DetectionsMsg):
-    """Plus per-face probabilities and, on frames where it was computed, Grad-CAM maps."""
+class TrackIdsMsg(DetectionsMsg):
+    """Plus each face's track id: who is who, which the classify stage's schedule needs."""
 
-    KIND: ClassVar[str] = "classified"
+    KIND: ClassVar[str] = "track_ids"
+    ARRAYS: ClassVar = DetectionsMsg.ARRAYS | {"track_ids": ("int64", ("K",), False)}
+    track_ids: np.ndarray
+
+    def track_fields(self) -> dict[str, Any]:
+        return self.detection_fields() | {"track_ids": self.track_ids}
+
+
+@dataclass(kw_only=True)
+class TrackedMsg(TrackIdsMsg):
+    """Plus each face's emotion: probabilities, smoothed probabilities, stable label,
+    uncertain flag and Grad-CAM, measured on this frame or carried from the track's last
+    measurement (per-track classification, :mod:`gimefive.pipeline.schedule`).
+
+    ``measured``: classified on this frame; ``result_age``: frames since the face's
+    probabilities were measured (0: now); ``cam_from``: the frame its Grad-CAM map was
+    computed on (-1: none). Left out, they say "everything measured on this frame".
+    """
+
+    KIND: ClassVar[str] = "tracked"
     FIELDS: ClassVar = DetectionsMsg.FIELDS | {"cam_layer": (str,),
                                                "uncertain_threshold": (float,)}
-    ARRAYS: ClassVar = DetectionsMsg.ARRAYS | {
+    ARRAYS: ClassVar = TrackIdsMsg.ARRAYS | {
         "probs": ("float32", ("K", 6), False),
         "cam": ("float32", ("K", "h", "w"), True),
         "crops": ("float32", ("K", 4), False),
+        "smoothed": ("float32", ("K", 6), False),
+        "labels": ("int64", ("K",), False),
+        "uncertain": ("bool", ("K",), False),
+        "measured": ("bool", ("K",), False),
+        "result_age": ("int64", ("K",), False),
+        "cam_from": ("int64", ("K",), False),
+        "landmarks68": ("float32", ("K", 68, 2), True),
     }
     cam_layer: str = "conv5"
     uncertain_threshold: float = UNCERTAIN_THRESHOLD  # the weights' metadata, or the config
     probs: np.ndarray
-    cam: np.ndarray | None = None  # absent on frames without Grad-CAM (--cam-every)
-    crops: np.ndarray  # the square each face was classified from: cx, cy, side, angle (deg)
-
-    def classified_fields(self) -> dict[str, Any]:
-        return self.detection_fields() | {n: getattr(self, n) for n in (
-            "cam_layer", "uncertain_threshold", "probs", "cam", "crops")}
-
-
-@dataclass(kw_only=True)
-class TrackedMsg(ClassifiedMsg):
-    """Plus track ids, smoothed probabilities, stable labels and the uncertain flag."""
-
-    KIND: ClassVar[str] = "tracked"
-    ARRAYS: ClassVar = ClassifiedMsg.ARRAYS | {
-        "track_ids": ("int64", ("K",), False),
-        "smoothed": ("float32", ("K", 6), False),
-        "labels": ("int64", ("K",), False),
-        "uncertain": ("bool", ("K",), False),
-        "landmarks68": ("float32", ("K", 68, 2), True),
-    }
-    track_ids: np.ndarray
+    cam: np.ndarray | None = None  # absent when Grad-CAM is off
+    crops: np.ndarray  # the square each face is framed by: cx, cy, side, angle (deg)
     smoothed: np.ndarray
     labels: np.ndarray
     uncertain: np.ndarray
+    measured: np.ndarray | None = None
+    result_age: np.ndarray | None = None
+    cam_from: np.ndarray | None = None
     landmarks68: np.ndarray | None = None  # set by the annotate stage when asked for
+
+    def __post_init__(self) -> None:
+        k = len(self.boxes) if isinstance(self.boxes, np.ndarray) else 0
+        if self.measured is None:
+            self.measured = np.ones(k, bool)
+        if self.result_age is None:
+            self.result_age = np.zeros(k, np.int64)
+        if self.cam_from is None:
+            self.cam_from = np.full(k, self.index if self.cam is not None else -1, np.int64)
+        super().__post_init__()
+        if len(self.result_age) and int(self.result_age.min()) < 0:
+            raise WireError(f"{self.KIND} message: array 'result_age' expected >= 0")
 
 
 @dataclass(kw_only=True)
@@ -318,7 +347,7 @@ class EndOfStream(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (FrameMsg, DetectionsMsg, ClassifiedMsg, TrackedMsg, EndOfStream)}
+    cls.KIND: cls for cls in (FrameMsg, DetectionsMsg, TrackIdsMsg, TrackedMsg, EndOfStream)}
 
 
 def decode(parts: list[Any], expect: tuple[type[Message], ...] | None = None) -> Message:

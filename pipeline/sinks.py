@@ -228,7 +228,8 @@ def cam_summary(msg: TrackedMsg, i: int) -> dict[str, Any] | None:
     r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
     x, y = cam_to_frame(cam, msg.crops[i], c + 0.5, r + 0.5)
     return {"layer": msg.cam_layer, "peak": [round(x, 1), round(y, 1)],
-            "mean": round(float(cam.mean()), 4), "shape": list(cam.shape)}
+            "mean": round(float(cam.mean()), 4), "shape": list(cam.shape),
+            "frame": int(msg.cam_from[i])}
 
 
 def frame_record(msg: TrackedMsg) -> dict[str, Any]:
@@ -246,6 +247,7 @@ def frame_record(msg: TrackedMsg) -> dict[str, Any]:
             "label": EMOTIONS[label], "label_index": label,
             "confidence": round(float(msg.smoothed[i, label]), 4),
             "uncertain": bool(msg.uncertain[i]),
+            "measured": bool(msg.measured[i]), "result_age": int(msg.result_age[i]),
             "cam": cam_summary(msg, i),
         })
         if msg.landmarks68 is not None:
@@ -290,7 +292,8 @@ class JsonLinesSink(Sink):
 
 
 class CamNpzSink(Sink):
-    """Every face's Grad-CAM map, with frame index, track id and box, in one .npz.
+    """Every Grad-CAM map computed, with frame index, track id and box, in one .npz
+    (a map carried to later frames of its track is written once, on the frame it is from).
 
     In bounded memory however long the video: each row is appended to an unnamed
     temporary file beside the output, and :meth:`close` copies them, in chunks, into the
@@ -311,17 +314,18 @@ class CamNpzSink(Sink):
             raise GimefiveError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def write(self, msg: TrackedMsg, image: np.ndarray | None) -> None:
-        k = len(msg.boxes)
-        if msg.cam is None or k == 0:
+        fresh = np.flatnonzero(msg.cam_from == msg.index) if msg.cam is not None else ()
+        k = len(fresh)
+        if k == 0:  # no map computed on this frame (the others are carried, written once)
             return
-        cams = np.asarray(msg.cam[:k], "<f4")
+        cams = np.asarray(msg.cam[fresh], "<f4")
         if self.cam_shape is None:
             self.cam_shape = cams.shape[1:]
         elif cams.shape[1:] != self.cam_shape:
             raise GimefiveError(f"{self.path}: Grad-CAM maps changed shape from "
                                 f"{self.cam_shape} to {cams.shape[1:]} at frame {msg.index}")
-        columns = {"frame": np.full(k, msg.index), "track_id": msg.track_ids[:k],
-                   "box": np.reshape(msg.boxes[:k], (k, 4)), "cam": cams}
+        columns = {"frame": np.full(k, msg.index), "track_id": msg.track_ids[fresh],
+                   "box": np.reshape(msg.boxes[fresh], (k, 4)), "cam": cams}
         for key, dtype in self.COLUMNS:
             self.spools[key].write(np.ascontiguousarray(columns[key], dtype).tobytes())
         self.rows += k

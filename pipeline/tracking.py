@@ -1,11 +1,9 @@
-"""IoU tracking of faces across frames, and per-track smoothing of the six probabilities.
+"""IoU tracking of faces across frames: which face is which.
 
-Faces are matched greedily, best IoU first, above a threshold. Each track keeps an EMA
-(or a sliding window mean) of its probabilities, so that the shown label does not
-flicker from frame to frame; the label itself changes only when another class leads
-the shown one by ``hysteresis``. A face is *uncertain* when its smoothed top
-probability is below ``uncertain_threshold`` (the weights' metadata, else
-:data:`gimefive.labels.UNCERTAIN_THRESHOLD`).
+Faces are matched greedily, best IoU first, above a threshold. What each track shows
+(probabilities, smoothing, the stable label) is kept by the classify stage's schedule
+(:mod:`gimefive.pipeline.schedule`), keyed by the ids given here: the tracker runs
+before the classifier, so that the classifier can spend its work per track.
 
 Re-linking (issue 16): a face hidden for a moment (crossing behind another, a pillar, a
 step out of the frame) loses its IoU match; without re-linking it comes back as a new
@@ -14,20 +12,18 @@ detection takes its id back when it is near where the track was last seen or whe
 last velocity puts it now (within ``relink_distance`` box sides), of a similar size
 (ratio within ``relink_size_ratio``) and, when appearance cues are given
 (:func:`appearance`), of similar colours (similarity >= ``relink_min_similarity``).
-The track object itself continues, so its smoothing state does too. Lost tracks expire
+The id itself continues, so the track's classification state does too. Lost tracks expire
 and at most ``max_tracks`` are kept: memory stays bounded on endless streams.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from gimefive.detector import box_iou
-from gimefive.labels import UNCERTAIN_THRESHOLD
 
 
 def match_boxes(new: np.ndarray, old: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
@@ -115,10 +111,6 @@ class Track:
     track_id: int
     box: np.ndarray
     last_index: int
-    label: int = -1
-    smoothed: np.ndarray | None = None
-    history: deque = field(default_factory=deque)
-    hits: int = 0
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))
     look: np.ndarray | None = None  # appearance cue, a running mean (see appearance())
 
@@ -135,28 +127,13 @@ class Track:
         self.box, self.last_index = box, index
 
 
-@dataclass
-class TrackResult:
-    track_ids: np.ndarray   # int64 [K]
-    smoothed: np.ndarray    # float32 [K,6]
-    labels: np.ndarray      # int64 [K]
-    uncertain: np.ndarray   # bool [K]
-
-
 class IoUTracker:
     """Tracks of one stream. Call :meth:`update` once per frame, in frame order."""
 
-    def __init__(self, min_iou: float = 0.3, max_age: int = 15, smoothing: str = "ema",
-                 alpha: float = 0.35, window: int = 8, hysteresis: float = 0.1,
-                 uncertain_threshold: float = UNCERTAIN_THRESHOLD, relink_frames: int = 0,
+    def __init__(self, min_iou: float = 0.3, max_age: int = 15, relink_frames: int = 0,
                  relink_distance: float = 2.0, relink_size_ratio: float = 1.5,
                  relink_min_similarity: float = 0.8, max_tracks: int = 256) -> None:
-        if smoothing not in ("ema", "window"):
-            raise ValueError(f"smoothing must be ema or window, got {smoothing!r}")
         self.min_iou, self.max_age = min_iou, max_age
-        self.smoothing, self.alpha, self.window = smoothing, alpha, max(1, window)
-        self.hysteresis = hysteresis
-        self.uncertain_threshold = uncertain_threshold
         self.relink_frames, self.relink_distance = max(0, relink_frames), relink_distance
         self.relink_size_ratio = relink_size_ratio
         self.relink_min_similarity = relink_min_similarity
@@ -164,42 +141,40 @@ class IoUTracker:
         self.tracks: list[Track] = []
         self.next_id = 1
 
-    def update(self, index: int, boxes: np.ndarray, probs: np.ndarray,
-               looks: np.ndarray | None = None) -> TrackResult:
-        """Assign ids to this frame's faces and return their smoothed state.
+    @property
+    def keep_frames(self) -> int:
+        """How long a track without a match is kept (and may come back)."""
+        return max(self.max_age, self.relink_frames)
+
+    def update(self, index: int, boxes: np.ndarray, looks: np.ndarray | None = None
+               ) -> np.ndarray:
+        """The track ids (int64 [K]) of this frame's faces.
 
         ``looks``: optional appearance cues of the faces (:func:`appearance`), used to
         re-link a lost track only to a face that looks like it.
         """
-        keep = max(self.max_age, self.relink_frames)
-        self.tracks = [t for t in self.tracks if index - t.last_index <= keep]
+        self.tracks = [t for t in self.tracks if index - t.last_index <= self.keep_frames]
         recent = [t for t in self.tracks if index - t.last_index <= self.max_age]
         old = np.stack([t.box for t in recent]) if recent else np.zeros((0, 4))
         matched = {i: recent[j] for i, j in match_boxes(boxes, old, self.min_iou)}
         matched |= self._relink(index, boxes, looks, set(matched.values()), set(matched))
-        k = len(boxes)
-        result = TrackResult(np.zeros(k, np.int64), np.zeros((k, probs.shape[1] if k else 6),
-                             np.float32), np.zeros(k, np.int64), np.zeros(k, bool))
+        ids = np.zeros(len(boxes), np.int64)
         current = []
-        for i in range(k):
+        for i in range(len(boxes)):
             track = matched.get(i)
             if track is None:
                 track = Track(self.next_id, np.asarray(boxes[i], np.float32), index)
                 self.next_id += 1
             track.moved_to(boxes[i], index, None if looks is None else looks[i])
-            self._smooth(track, np.asarray(probs[i], np.float32))
             current.append(track)
-            result.track_ids[i] = track.track_id
-            result.smoothed[i] = track.smoothed
-            result.labels[i] = track.label
-            result.uncertain[i] = track.smoothed[track.label] < self.uncertain_threshold
+            ids[i] = track.track_id
         seen = {id(t) for t in current}
         kept = [t for t in self.tracks if id(t) not in seen]
         room = max(0, self.max_tracks - len(current))  # bounded: the longest lost go first
         kept = sorted(kept, key=lambda t: t.last_index)[max(0, len(kept) - room):] if room \
             else []
         self.tracks = kept + current
-        return result
+        return ids
 
     def _relink(self, index: int, boxes: np.ndarray, looks: np.ndarray | None,
                 taken: set, done: set) -> dict[int, Track]:
@@ -239,19 +214,3 @@ class IoUTracker:
                 used.add(int(c))
                 out[free[r]] = lost[c]
         return out
-
-    def _smooth(self, track: Track, p: np.ndarray) -> None:
-        track.hits += 1
-        if self.smoothing == "window":
-            track.history.append(p)
-            while len(track.history) > self.window:
-                track.history.popleft()
-            track.smoothed = np.mean(track.history, axis=0).astype(np.float32)
-        elif track.smoothed is None:
-            track.smoothed = p.copy()
-        else:
-            track.smoothed = (self.alpha * p + (1 - self.alpha) * track.smoothed).astype(
-                np.float32)
-        best = int(np.argmax(track.smoothed))
-        if track.label < 0 or track.smoothed[best] >= track.smoothed[track.label] + self.hysteresis:
-            track.label = best

@@ -22,11 +22,11 @@ import pytest
 import zmq
 from gimefive.pipeline import messages, transport
 from gimefive.pipeline.messages import (
-    ClassifiedMsg,
     DetectionsMsg,
     EndOfStream,
     FrameMsg,
     TrackedMsg,
+    TrackIdsMsg,
     WireError,
     decode,
 )
@@ -61,24 +61,12 @@ def valid_messages() -> list:
                landmarks=np.ones((k, 5, 2), np.float32))
     frame = FrameMsg(**frame_fields())
     detections = DetectionsMsg(**frame_fields(), **det)
-    classified = ClassifiedMsg(**frame_fields(), **det,
-                               probs=np.full((k, 6), 1 / 6, np.float32),
-                               cam=np.zeros((k, 4, 4), np.float32), **_classified_arrays(k))
-    tracked = TrackedMsg(**classified.classified_fields(),
-                         track_ids=np.arange(k, dtype=np.int64),
+    ids = TrackIdsMsg(**frame_fields(), **det, track_ids=np.arange(k, dtype=np.int64))
+    tracked = TrackedMsg(**ids.track_fields(), probs=np.full((k, 6), 1 / 6, np.float32),
+                         cam=np.zeros((k, 4, 4), np.float32), crops=np.ones((k, 4), np.float32),
                          smoothed=np.full((k, 6), 1 / 6, np.float32),
                          labels=np.zeros(k, np.int64), uncertain=np.zeros(k, bool))
-    return [frame, detections, classified, tracked, EndOfStream(stream="cam0", frames=4)]
-
-
-def _classified_arrays(k: int) -> dict:
-    """The classify hop's extra arrays other than probs/cam (named as messages.py names them)."""
-    out = {}
-    for name, (dtype, shape, optional) in ClassifiedMsg.ARRAYS.items():
-        if name in DetectionsMsg.ARRAYS or name in ("probs", "cam") or optional:
-            continue
-        out[name] = np.zeros([k if d == "K" else d for d in shape], dtype)
-    return out
+    return [frame, detections, ids, tracked, EndOfStream(stream="cam0", frames=4)]
 
 
 def parts_of(msg) -> list[bytes]:
@@ -185,9 +173,9 @@ def test_receiver_counts_every_bad_message(batch):
 
 
 # ------------------------------------------------------------------------ hostile sizes
-def classified_with(change, buffers=None) -> list[bytes]:
-    """A valid classified message (what track takes) with its header changed."""
-    parts = parts_of(valid_messages()[2])
+def track_input_with(change, buffers=None) -> list[bytes]:
+    """A valid detections message (what track takes) with its header changed."""
+    parts = parts_of(valid_messages()[1])
     header = json.loads(parts[0])
     change(header)
     return [json.dumps(header).encode(), *(parts[1:] if buffers is None else buffers)]
@@ -199,18 +187,18 @@ def _image_shape(shape):
 
 HOSTILE = {
     # OverflowError from numpy before the fix: the stage died
-    "dimension 2**70": (classified_with(_image_shape([2**70, 8, 3])),
+    "dimension 2**70": (track_input_with(_image_shape([2**70, 8, 3])),
                         r"dimension 1180591620717411303424 over the limit"),
     # RecursionError from the JSON parser before the fix
-    "deep nesting": ([b'{"schema":1,"kind":"classified","fields":' + b"[" * 30_000
+    "deep nesting": ([b'{"schema":1,"kind":"tracked","fields":' + b"[" * 30_000
                       + b"]" * 30_000 + b',"arrays":[]}'], "header nested deeper than"),
-    "moderate nesting": ([b'{"schema":1,"kind":"classified","fields":{"extra":' + b"[" * 900
+    "moderate nesting": ([b'{"schema":1,"kind":"tracked","fields":{"extra":' + b"[" * 900
                           + b"]" * 900 + b'},"arrays":[]}'], "header nested deeper than"),
     "huge header": ([json.dumps({"schema": 1, "pad": "x" * (2 << 20)}).encode()],
                     r"header is \d+ bytes, over the limit"),
-    "many dimensions": (classified_with(_image_shape([1] * 64)),
+    "many dimensions": (track_input_with(_image_shape([1] * 64)),
                         r"64 dimensions, over the limit"),
-    "too many bytes": (classified_with(_image_shape([60000, 60000, 3])),
+    "too many bytes": (track_input_with(_image_shape([60000, 60000, 3])),
                        r"10800000000 bytes, over the limit"),
 }
 
@@ -241,7 +229,7 @@ def test_running_stage_counts_garbage_and_keeps_going():
     from gimefive.pipeline.stage import StageRunner
     from gimefive.pipeline.stages.track import TrackStage
 
-    classified = valid_messages()[2]
+    detections = valid_messages()[1]
     garbage = [[b"not json"], [b'{"schema": 1}'], [b"{}", b"\x00" * 7],
                parts_of(valid_messages()[0]),  # a valid frame, but not what track takes
                [json.dumps({"schema": 99, "kind": "eos", "fields": {}, "arrays": []}).encode()],
@@ -273,7 +261,7 @@ def test_running_stage_counts_garbage_and_keeps_going():
             for _ in range(3):
                 for parts in garbage:
                     push.send_multipart(parts)
-                push.send_multipart(classified.encode(), copy=False)
+                push.send_multipart(detections.encode(), copy=False)
             push.send_multipart(EndOfStream(stream="cam0", frames=3).encode())
 
         feeder = threading.Thread(target=feed)
@@ -288,7 +276,7 @@ def test_running_stage_counts_garbage_and_keeps_going():
     assert time.monotonic() - started < 60
     assert stats["malformed"] == 3 * len(garbage)
     assert stats["frames_in"] == 3 and stats["frames_out"] == 3
-    assert [m.KIND for m in received] == ["tracked"] * 3 + ["eos"]
+    assert [m.KIND for m in received] == ["track_ids"] * 3 + ["eos"]
 
 
 # ------------------------------------------------------------------------ transport security

@@ -3,6 +3,7 @@ frame, and --blur-faces / metadata-only runs that draw and write nothing of a fa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import av
@@ -101,12 +102,10 @@ def test_labels_of_a_small_face_are_outside_its_box(astronaut_msg):
     image = np.full((1080, 1920, 3), 90, np.uint8)
     face = cv2.resize(face_region(astronaut_msg, astronaut_msg.image).astype(np.uint8), (24, 24))
     image[500:524, 900:924] = face
-    msg = TrackedMsg(**(astronaut_msg.classified_fields() | {
-        "image": image, "boxes": np.array([[900, 500, 924, 524]], np.float32),
-        "landmarks": astronaut_msg.landmarks * 0 + 512, "cam": None,
-        "crops": np.array([[912, 512, 24, 0]], np.float32)}),
-        track_ids=np.array([1]), smoothed=astronaut_msg.smoothed, labels=np.array([0]),
-        uncertain=np.array([False]))
+    msg = dataclasses.replace(
+        astronaut_msg, image=image, boxes=np.array([[900, 500, 924, 524]], np.float32),
+        landmarks=astronaut_msg.landmarks * 0 + 512, cam=None,
+        crops=np.array([[912, 512, 24, 0]], np.float32))
     drawn = draw_faces(np.array(image), msg, landmarks=False)
     line = Style.for_height(1080).line + 1  # half the outline, and its anti-aliasing
     inside = np.s_[500 + line:524 - line, 900 + line:924 - line]

@@ -14,7 +14,7 @@ from gimefive.pipeline.crops import (
     template_fit,
 )
 from gimefive.pipeline.draw import draw_faces
-from gimefive.pipeline.messages import DetectionsMsg, EndOfStream, FrameMsg
+from gimefive.pipeline.messages import DetectionsMsg, EndOfStream, FrameMsg, TrackIdsMsg
 from gimefive.pipeline.sinks import frame_record
 from gimefive.pipeline.stages.classify import ClassifyStage
 from gimefive.pipeline.stages.detect import DetectStage
@@ -64,6 +64,12 @@ def with_faces(msg: FrameMsg, k: int) -> DetectionsMsg:
                          landmarks=marks)
 
 
+def with_ids(msg: DetectionsMsg) -> TrackIdsMsg:
+    """Track ids by position: the face at the i-th place is track i + 1."""
+    return TrackIdsMsg(**msg.detection_fields(),
+                       track_ids=np.arange(1, len(msg.boxes) + 1, dtype=np.int64))
+
+
 def classify_stage(**overrides) -> ClassifyStage:
     stage = ClassifyStage(AnnotateConfig(backend="standin-test", **overrides))
     stage.setup()
@@ -81,17 +87,24 @@ def run_all(stage, messages):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_classify_batches_across_frames_keeps_order_and_cam_every(workers):
-    stage = classify_stage(classify_max_batch=5, cam_every=2, classify_workers=workers)
+    """Every face measured (classify_every 1), Grad-CAM at most every 2 frames per track:
+    output in input order, each face's map from its own last CAM frame."""
+    stage = classify_stage(classify_max_batch=5, cam_every=2, classify_workers=workers,
+                           classify_every=1)
     faces_per_frame = [2, 0, 3, 1, 2, 2, 0, 1]
-    msgs = [with_faces(frame(i, 40 * i % 250), k) for i, k in enumerate(faces_per_frame)]
+    msgs = [with_ids(with_faces(frame(i, 40 * i % 250), k))
+            for i, k in enumerate(faces_per_frame)]
     out = run_all(stage, msgs)
     assert isinstance(out[-1], EndOfStream)
     assert [m.index for m in out[:-1]] == list(range(8))
+    last_cam: dict[int, int] = {}
     for m, k in zip(out[:-1], faces_per_frame, strict=True):
-        assert m.probs.shape == (k, 6)
-        assert (m.cam is not None) == (m.index % 2 == 0)
-        if m.cam is not None:
-            assert m.cam.shape == (k, 4, 4)
+        assert m.probs.shape == (k, 6) and m.measured.all() and not m.result_age.any()
+        assert m.cam is not None and m.cam.shape == (k, 4, 4)
+        for tid, cam_from in zip(m.track_ids.tolist(), m.cam_from.tolist(), strict=True):
+            due = tid not in last_cam or m.index - last_cam[tid] >= 2
+            assert cam_from == (m.index if due else last_cam[tid]), (m.index, tid)
+            last_cam[tid] = cam_from
     assert sum(n for n, _ in stage.backend.calls) == sum(faces_per_frame)
     assert all(n <= 5 for n, _ in stage.backend.calls)
     stage.close()
@@ -100,7 +113,7 @@ def test_classify_batches_across_frames_keeps_order_and_cam_every(workers):
 def test_classify_waits_at_most_max_wait():
     stage = classify_stage(classify_max_batch=32, classify_max_wait_ms=50)
     assert stage.wait_ms() is None
-    assert stage.process(with_faces(frame(0), 1)) == []
+    assert stage.process(with_ids(with_faces(frame(0), 1))) == []
     assert 0 < stage.wait_ms() <= 50
     out = stage.flush()
     assert len(out) == 1 and out[0].probs.shape == (1, 6)
@@ -165,18 +178,25 @@ def test_detect_every_moves_boxes_between_detections(astronaut_bgr):
     assert xs[5] == pytest.approx(xs[3] + 20, abs=3)
 
 
-def test_track_then_draw_and_record():
+def test_track_then_classify_then_draw_and_record():
     classify = classify_stage()
     track = TrackStage(AnnotateConfig())
     track.setup()
     msgs = [with_faces(frame(i, 120), 2) for i in range(3)]
-    classified = run_all(classify, msgs)[:-1]
-    tracked = [m for c in classified for m in track.process(c)]
-    assert [m.track_ids.tolist() for m in tracked] == [[1, 2]] * 3
+    ids = [m for d in msgs for m in track.process(d)]
+    assert [m.track_ids.tolist() for m in ids] == [[1, 2]] * 3
+    tracked = run_all(classify, ids)[:-1]
     image = draw_faces(np.array(tracked[-1].image), tracked[-1])
     assert image.shape == (120, 160, 3) and (image != 120).any()  # something was drawn
     record = frame_record(tracked[-1])
     assert record["frame"] == 2 and len(record["faces"]) == 2
-    face = record["faces"][0]
+    face, other = record["faces"]
     assert face["label"] == "anger" and face["uncertain"] is False
     assert face["cam"]["layer"] == "conv5" and len(face["cam"]["peak"]) == 2
+    # two still faces, classify_every 5: both measured on frame 0; the first
+    # re-measurement of track t comes 1 + t % 5 frames later (frames 2 and 3)
+    assert [m.measured.tolist() for m in tracked] == [[True, True], [False, False],
+                                                      [True, False]]
+    assert face["measured"] is True and face["result_age"] == 0 and face["cam"]["frame"] == 2
+    assert other["measured"] is False and other["result_age"] == 2
+    assert other["cam"]["frame"] == 0 and other["label"] == face["label"]

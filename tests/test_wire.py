@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import zmq
 from gimefive.pipeline.messages import (
-    ClassifiedMsg,
     DetectionsMsg,
     EndOfStream,
     FrameMsg,
     TrackedMsg,
+    TrackIdsMsg,
     WireError,
     decode,
 )
@@ -54,11 +54,14 @@ def all_messages():
         FrameMsg(**FRAME, image=image()),
         DetectionsMsg(**FRAME, image=image(), detected=False, **faces()),
         DetectionsMsg(**FRAME, image=image(), **faces(0)),
-        ClassifiedMsg(**FRAME, image=image(), **classified()),
-        ClassifiedMsg(**FRAME, image=image(), **classified(1, cam=False)),
+        TrackIdsMsg(**FRAME, image=image(), **faces(), track_ids=np.array([4, 9])),
         TrackedMsg(**FRAME, image=image(), **classified(), track_ids=np.array([4, 9]),
                    smoothed=np.full((2, 6), 1 / 6, np.float32), labels=np.array([0, 5]),
                    uncertain=np.array([True, False])),
+        TrackedMsg(**FRAME, image=image(), **classified(1, cam=False), track_ids=np.array([3]),
+                   smoothed=np.full((1, 6), 1 / 6, np.float32), labels=np.array([2]),
+                   uncertain=np.array([False]), measured=np.array([False]),
+                   result_age=np.array([4]), cam_from=np.array([-1])),
         EndOfStream(stream="cam-1", frames=8, reason="eof"),
     ]
 

@@ -10,8 +10,8 @@ from gimefive.errors import GimefiveError
 STAGES: dict[str, str] = {
     "source": "gimefive.pipeline.stages.source:SourceStage",
     "detect": "gimefive.pipeline.stages.detect:DetectStage",
-    "classify": "gimefive.pipeline.stages.classify:ClassifyStage",
     "track": "gimefive.pipeline.stages.track:TrackStage",
+    "classify": "gimefive.pipeline.stages.classify:ClassifyStage",
     "annotate": "gimefive.pipeline.stages.annotate:AnnotateStage",
 }
 

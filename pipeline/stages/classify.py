@@ -1,9 +1,13 @@
-"""Classify stage: face crops through a GiMeFive backend in dynamic batches across frames.
+"""Classify stage: per-track classification through a GiMeFive backend, in dynamic batches.
 
-Faces of consecutive frames are gathered until ``classify_max_batch`` faces are waiting
-or the oldest has waited ``classify_max_wait_ms``; then one engine call (two when only
-some frames want Grad-CAM, see ``cam_every``) classifies them all. Crops are squares
-framed as ``align`` says (:func:`gimefive.pipeline.crops.crop_geometry`) and go through
+The tracker runs before this stage, so each face arrives with its track id, and the
+schedule (:mod:`gimefive.pipeline.schedule`) decides which faces are measured on each
+frame and which carry their track's last result; Grad-CAM is computed on sampled
+measurements only (``cam_every`` per track). Faces to measure, from consecutive frames,
+are gathered until ``classify_max_batch`` are waiting or the oldest has waited
+``classify_max_wait_ms``; then one engine call (two when only some want Grad-CAM)
+classifies them all. Crops are squares framed as ``align`` says
+(:func:`gimefive.pipeline.crops.crop_geometry`) and go through
 :func:`gimefive.preprocess.preprocess_faces`, the same preprocessing the model was
 trained with (with ``device`` on CUDA,
 :func:`gimefive.pipeline.torch_crops.preprocess_crops_torch` does the same on the GPU,
@@ -16,17 +20,28 @@ from __future__ import annotations
 import numpy as np
 from gimefive.pipeline import devices
 from gimefive.pipeline.crops import crop_geometry, cut_faces
-from gimefive.pipeline.messages import ClassifiedMsg, DetectionsMsg, Message
+from gimefive.pipeline.messages import EndOfStream, Message, TrackedMsg, TrackIdsMsg
+from gimefive.pipeline.schedule import FacePlan, ScheduleSettings, StreamSchedule, thumbnails
 from gimefive.pipeline.stage import BatchWindow, Stage
 
 from gimefive.preprocess import INPUT_SIZE, preprocess_faces
+
+#: the interval multiplier a live source stamps on its frames when it falls behind
+SCALE_KEY = "interval_scale"
+
+
+def interval_scale(msg: TrackIdsMsg) -> int:
+    """How much a live source asks to stretch the intervals (1: as configured)."""
+    value = msg.extra.get(SCALE_KEY, 1)
+    return min(16, max(1, value)) if isinstance(value, int) and not isinstance(value, bool) \
+        else 1
 
 CAM_SIDE = {"conv5": 4, "conv4": 8}  # Grad-CAM resolution at 64x64 input
 
 
 class ClassifyStage(Stage):
     name = "classify"
-    accepts = (DetectionsMsg,)
+    accepts = (TrackIdsMsg,)
 
     def setup(self) -> None:
         from gimefive.backends import create_backend
@@ -51,49 +66,91 @@ class ClassifyStage(Stage):
             self.pool = ThreadPoolExecutor(c.classify_workers, thread_name_prefix="engine")
         self.pending = BatchWindow(c.classify_max_wait_ms)
         self.pending_faces = 0
+        self.schedules: dict[str, StreamSchedule] = {}
 
     def info(self) -> dict:
         return {"backend": self.backend_name, "uncertain_threshold": self.threshold,
                 "crops": "opencv cpu" if self.crop_device is None
                 else f"torch {self.crop_device}"}
 
-    def wants_cam(self, msg: DetectionsMsg) -> bool:
-        return self.config.cam and msg.index % self.config.cam_every == 0
+    def _schedule(self, msg: TrackIdsMsg) -> StreamSchedule:
+        schedule = self.schedules.get(msg.stream)
+        if schedule is None:
+            from gimefive.pipeline.stages.track import relink_frames
 
-    def process(self, msg: DetectionsMsg) -> list[Message]:
-        self.pending.add(msg)
-        self.pending_faces += len(msg.boxes)
-        if self.pending_faces >= self.config.classify_max_batch:
-            return self.flush()
-        return []
+            c = self.config
+            schedule = self.schedules[msg.stream] = StreamSchedule(ScheduleSettings(
+                every=c.classify_every, move=c.classify_move, look=c.classify_look,
+                margin=c.classify_margin,
+                cam=c.cam, cam_every=c.cam_every, uncertain_threshold=float(self.threshold),
+                smoothing=c.smoothing, alpha=c.smoothing_alpha, window=c.smoothing_window,
+                hysteresis=c.label_hysteresis,
+                keep_frames=max(c.track_max_age, relink_frames(c, msg)) + 1))
+        return schedule
+
+    def process(self, msg: TrackIdsMsg) -> list[Message]:
+        schedule, scale = self._schedule(msg), interval_scale(msg)
+        out = self.flush() if schedule.needs_results(msg.index, msg.track_ids, scale) else []
+        looks = thumbnails(msg.image, msg.boxes) if self.config.classify_look > 0 else None
+        plan = schedule.plan(msg.index, msg.track_ids, msg.boxes, scale, looks)
+        self.pending.add((msg, plan))
+        self.pending_faces += int(plan.measure.sum())
+        # nothing to measure in the window: no reason to hold its frames back
+        if self.pending_faces == 0 or self.pending_faces >= self.config.classify_max_batch:
+            out += self.flush()
+        return out
 
     def wait_ms(self) -> float | None:
         return self.pending.wait_ms()
 
     def flush(self) -> list[Message]:
         pending, self.pending_faces = self.pending.take(), 0
-        crops = [crop_geometry(m.boxes, m.landmarks, self.config.crop_scale, self.config.align,
-                               self.config.crop_shift_y)
-                 for m in pending]
-        groups = {True: [], False: []}
-        for m, c in zip(pending, crops, strict=True):
-            groups[self.wants_cam(m)].append((m.image, c))
+        c = self.config
+        crops = [crop_geometry(m.boxes, m.landmarks, c.crop_scale, c.align, c.crop_shift_y)
+                 for m, _ in pending]
+        groups = {True: [], False: []}  # with Grad-CAM, without
+        for (m, plan), rows in zip(pending, crops, strict=True):
+            for want in (True, False):
+                chosen = plan.measure & (plan.cam == want)
+                if chosen.any():
+                    groups[want].append((m.image, rows[chosen]))
         results = {want: self._infer(self._prepare(items), want)
                    for want, items in groups.items()}
         offsets = {True: 0, False: 0}
         out = []
-        for m, c in zip(pending, crops, strict=True):
-            want, k = self.wants_cam(m), len(m.boxes)
-            probs, cams = results[want]
-            start = offsets[want]
-            offsets[want] += k
-            cam = cams[start:start + k] if cams is not None else None
-            out.append(ClassifiedMsg(
-                **m.detection_fields(), cam_layer=self.config.cam_layer,
-                uncertain_threshold=float(self.threshold),
-                probs=np.ascontiguousarray(probs[start:start + k], np.float32),
-                cam=None if cam is None else np.ascontiguousarray(cam, np.float32), crops=c))
+        for (m, plan), rows in zip(pending, crops, strict=True):
+            probs, cams = self._rows_of(plan, results, offsets)
+            faces = self.schedules[m.stream].record(m.index, m.track_ids, plan, probs, cams)
+            self.count("carried", int((~plan.measure).sum()))
+            out.append(TrackedMsg(
+                **m.track_fields(), cam_layer=c.cam_layer,
+                uncertain_threshold=float(self.threshold), probs=faces.probs, cam=faces.cam,
+                crops=rows, smoothed=faces.smoothed, labels=faces.labels,
+                uncertain=faces.uncertain, measured=plan.measure.copy(),
+                result_age=faces.result_age, cam_from=faces.cam_from))
         return out
+
+    @staticmethod
+    def _rows_of(plan: FacePlan, results: dict, offsets: dict
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One frame's measured rows, in face order: probabilities of every measured face,
+        Grad-CAM maps of those measured with it."""
+        probs = np.zeros((int(plan.measure.sum()), 6), np.float32)
+        cams, row = [], 0
+        for i in np.flatnonzero(plan.measure):
+            want = bool(plan.cam[i])
+            p, maps = results[want]
+            probs[row] = p[offsets[want]]
+            if want:
+                cams.append(maps[offsets[want]])
+            offsets[want] += 1
+            row += 1
+        return probs, (np.stack(cams) if cams else None)
+
+    def end_stream(self, eos: EndOfStream):
+        yield from self.flush()
+        self.schedules.pop(eos.stream, None)
+        yield eos
 
     def _prepare(self, items: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """The network input ``[N,3,64,64]`` for ``(frame, crop rows)`` pairs: OpenCV

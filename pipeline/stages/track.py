@@ -1,4 +1,4 @@
-"""Track stage: face ids across frames, smoothed probabilities, stable labels, uncertainty.
+"""Track stage: which face is which, before the classifier (it spends its work per track).
 
 Lost tracks are re-linked for ``relink_s`` seconds, converted to frames with the
 stream's frame rate (:data:`FALLBACK_FPS` where the stream has none), using the colour
@@ -7,7 +7,7 @@ cue of each face cut from the frame (:func:`gimefive.pipeline.tracking.appearanc
 
 from __future__ import annotations
 
-from gimefive.pipeline.messages import ClassifiedMsg, EndOfStream, Message, TrackedMsg
+from gimefive.pipeline.messages import DetectionsMsg, EndOfStream, Message, TrackIdsMsg
 from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.tracking import IoUTracker, appearance
 
@@ -15,40 +15,40 @@ from gimefive.pipeline.tracking import IoUTracker, appearance
 FALLBACK_FPS = 25.0
 
 
-def stream_fps(msg: ClassifiedMsg) -> float:
+def stream_fps(msg: DetectionsMsg) -> float:
     """The stream's frame rate, kept within 1..1000 (a hostile rate must not make the
     re-link window huge; the tracker's track cap bounds memory anyway)."""
     fps = msg.rate[0] / msg.rate[1] if msg.rate else FALLBACK_FPS
     return min(1000.0, max(1.0, fps))
 
 
+def relink_frames(config, msg: DetectionsMsg) -> int:
+    """``relink_s`` in frames of ``msg``'s stream."""
+    return round(config.relink_s * stream_fps(msg))
+
+
 class TrackStage(Stage):
     name = "track"
-    accepts = (ClassifiedMsg,)
+    accepts = (DetectionsMsg,)
 
     def setup(self) -> None:
         self.trackers: dict[str, IoUTracker] = {}
 
-    def _tracker(self, msg: ClassifiedMsg) -> IoUTracker:
+    def _tracker(self, msg: DetectionsMsg) -> IoUTracker:
         tracker = self.trackers.get(msg.stream)
         if tracker is None:
             c = self.config
             tracker = self.trackers[msg.stream] = IoUTracker(
-                min_iou=c.track_iou, max_age=c.track_max_age, smoothing=c.smoothing,
-                alpha=c.smoothing_alpha, window=c.smoothing_window,
-                hysteresis=c.label_hysteresis, uncertain_threshold=msg.uncertain_threshold,
-                relink_frames=round(c.relink_s * stream_fps(msg)))
+                min_iou=c.track_iou, max_age=c.track_max_age,
+                relink_frames=relink_frames(c, msg))
         return tracker
 
-    def process(self, msg: ClassifiedMsg) -> list[Message]:
+    def process(self, msg: DetectionsMsg) -> list[Message]:
         tracker = self._tracker(msg)
         looks = appearance(msg.image, msg.boxes) if tracker.relink_frames else None
-        result = tracker.update(msg.index, msg.boxes, msg.probs, looks)
+        ids = tracker.update(msg.index, msg.boxes, looks)
         self.count("faces", len(msg.boxes))
-        self.count("uncertain", int(result.uncertain.sum()))
-        return [TrackedMsg(**msg.classified_fields(), track_ids=result.track_ids,
-                           smoothed=result.smoothed, labels=result.labels,
-                           uncertain=result.uncertain)]
+        return [TrackIdsMsg(**msg.detection_fields(), track_ids=ids)]
 
     def end_stream(self, eos: EndOfStream):
         self.trackers.pop(eos.stream, None)
