@@ -26,8 +26,8 @@ time constant stays in frames, as with every face classified on every frame).
 Decisions are a function of the input and the measured results alone, never of timing,
 so a file gives the same JSON on every run: where a decision depends on a result still
 in the classifier's batch, :meth:`StreamSchedule.needs_results` asks for it first.
-``scale`` (a live run that falls behind, see :mod:`gimefive.pipeline.degrade`)
-multiplies the intervals.
+``scale`` and ``cam_scale`` (a live run that falls behind, see
+:mod:`gimefive.pipeline.degrade`) multiply the classify and Grad-CAM intervals.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ class StreamSchedule:
 
     # -- decisions
     def plan(self, index: int, track_ids: np.ndarray, boxes: np.ndarray,
-             scale: int = 1, looks: np.ndarray | None = None) -> FacePlan:
+             scale: int = 1, looks: np.ndarray | None = None, cam_scale: int = 1
+             ) -> FacePlan:
         """Decide which faces of frame ``index`` are measured (and with Grad-CAM);
         ``looks``: the faces' :func:`thumbnails` (None: that rule is off)."""
         k = len(track_ids)
@@ -187,7 +188,7 @@ class StreamSchedule:
             if measure[i]:
                 st.measured, st.box, st.contested = index, boxes[i].copy(), None
                 st.look = None if looks is None else looks[i].copy()
-                cam_every = max(1, self.s.cam_every * scale)
+                cam_every = max(1, self.s.cam_every * cam_scale)
                 cam[i] = self.s.cam and (st.cam_from < 0 or index - st.cam_from >= cam_every)
                 if cam[i]:
                     st.cam_from = index

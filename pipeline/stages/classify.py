@@ -18,23 +18,13 @@ engines release the GIL, so a second call uses a core the first would leave idle
 from __future__ import annotations
 
 import numpy as np
-from gimefive.pipeline import devices
+from gimefive.pipeline import degrade, devices
 from gimefive.pipeline.crops import crop_geometry, cut_faces
 from gimefive.pipeline.messages import EndOfStream, Message, TrackedMsg, TrackIdsMsg
 from gimefive.pipeline.schedule import FacePlan, ScheduleSettings, StreamSchedule, thumbnails
 from gimefive.pipeline.stage import BatchWindow, Stage
 
 from gimefive.preprocess import INPUT_SIZE, preprocess_faces
-
-#: the interval multiplier a live source stamps on its frames when it falls behind
-SCALE_KEY = "interval_scale"
-
-
-def interval_scale(msg: TrackIdsMsg) -> int:
-    """How much a live source asks to stretch the intervals (1: as configured)."""
-    value = msg.extra.get(SCALE_KEY, 1)
-    return min(16, max(1, value)) if isinstance(value, int) and not isinstance(value, bool) \
-        else 1
 
 CAM_SIDE = {"conv5": 4, "conv4": 8}  # Grad-CAM resolution at 64x64 input
 
@@ -89,10 +79,11 @@ class ClassifyStage(Stage):
         return schedule
 
     def process(self, msg: TrackIdsMsg) -> list[Message]:
-        schedule, scale = self._schedule(msg), interval_scale(msg)
+        schedule = self._schedule(msg)
+        _, scale, cam_scale = degrade.multipliers(msg.extra)  # a live run behind: >1
         out = self.flush() if schedule.needs_results(msg.index, msg.track_ids, scale) else []
         looks = thumbnails(msg.image, msg.boxes) if self.config.classify_look > 0 else None
-        plan = schedule.plan(msg.index, msg.track_ids, msg.boxes, scale, looks)
+        plan = schedule.plan(msg.index, msg.track_ids, msg.boxes, scale, looks, cam_scale)
         self.pending.add((msg, plan))
         self.pending_faces += int(plan.measure.sum())
         # nothing to measure in the window: no reason to hold its frames back

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from gimefive.pipeline import devices
+from gimefive.pipeline import degrade, devices
 from gimefive.pipeline.messages import DetectionsMsg, FrameMsg, Message
 from gimefive.pipeline.stage import BatchWindow, Stage
 from gimefive.pipeline.tracking import match_centers
@@ -85,7 +85,8 @@ class DetectStage(Stage):
 
     def _needs_detection(self, msg: FrameMsg) -> bool:
         last = self.last_detected.get(msg.stream)
-        if last is None or msg.index - last >= self.config.detect_every or msg.index < last:
+        every = self.config.detect_every * degrade.multipliers(msg.extra)[0]
+        if last is None or msg.index - last >= every or msg.index < last:
             self.last_detected[msg.stream] = msg.index
             return True
         return False

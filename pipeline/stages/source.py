@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from gimefive.pipeline import degrade
 from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.messages import EndOfStream, FrameMsg, Message
 from gimefive.pipeline.probe import check_frame_size
@@ -200,6 +201,7 @@ class SourceStage(Stage):
         self.stopping = False
         self.sent = 0
         self.gave_up: BaseException | None = None
+        self.degrader = degrade.Degrader()  # live inputs only: files never degrade
 
     def setup(self) -> None:
         if not self.job.get("input"):
@@ -227,7 +229,10 @@ class SourceStage(Stage):
     def live_stats(self) -> dict[str, Any] | None:
         if not hasattr(self, "feed") or not self.reader.live:
             return None
-        stats = self.feed.stats() | {"sent": self.sent}
+        stats = self.feed.stats() | {"sent": self.sent, "degrade_step": self.degrader.step,
+                                     "degrade_raises": self.degrader.raises,
+                                     "intervals": degrade.intervals(self.config,
+                                                                    self.degrader.step)}
         stats["outages"] = stats.get("outages", [])[-5:]  # the recent ones; the log has all
         return stats
 
@@ -249,8 +254,10 @@ class SourceStage(Stage):
         extra = {}
         if self.reader.live:
             counters = self.feed.stats()
+            step = self.degrader.update(counters.get("queue", 0), self.feed.queue.maxsize,
+                                        counters.get("dropped", 0))
             extra = {"live": {k: counters.get(k, 0) for k in FRAME_COUNTERS}
-                     | {"sent": self.sent + 1}} | live_utc(msg)
+                     | {"sent": self.sent + 1}, degrade.KEY: step} | live_utc(msg)
         out = FrameMsg(stream=self.stream_id, index=self.index_from + msg.index, pts=pts,
                        time_base=self.time_base, rate=self._rate(),
                        t_decoded=msg.t_decoded or time.time(), extra=extra, image=image)

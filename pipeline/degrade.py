@@ -1,0 +1,87 @@
+"""A live run degrades before it drops (issue 13).
+
+A camera cannot wait: when the pipeline falls behind, its source drops the oldest frames.
+Before that happens, the source raises the work intervals a step at a time: first
+Grad-CAM (the dearest per face), then classification, then detection; and lowers them
+again, a step at a time, once it has kept up for a while. The source stamps the current
+step on each frame (``extra["degrade"]``), so every stage applies the same step to the
+same frame, and the status shows it. Files never degrade: they are lossless and
+deterministic (the same input and settings give the same JSON).
+
+"Behind" is the source's own view: its frame queue full (the next frame would drop
+the oldest) or a frame dropped since the last look. "Kept up": the queue empty for
+:data:`CALM_S` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: per step, the multipliers of (detect_every, classify_every, cam_every)
+LADDER: tuple[tuple[int, int, int], ...] = (
+    (1, 1, 1), (1, 1, 2), (1, 2, 2), (1, 2, 4), (2, 2, 4), (2, 4, 8), (3, 4, 8), (4, 8, 8))
+#: the frame field that carries the step
+KEY = "degrade"
+#: at most one step up per this many seconds (a step needs time to show its effect)
+RAISE_EVERY_S = 1.0
+#: a step down after the queue stayed empty this long
+CALM_S = 10.0
+
+
+def step_of(extra: dict[str, Any]) -> int:
+    """The step a frame carries (0 where none, or where the value is not a valid step:
+    a hostile or garbled message degrades nothing)."""
+    value = extra.get(KEY, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(LADDER):
+        return value
+    return 0
+
+
+def multipliers(extra: dict[str, Any]) -> tuple[int, int, int]:
+    """(detect, classify, cam) interval multipliers for a frame's ``extra``."""
+    return LADDER[step_of(extra)]
+
+
+def intervals(config, step: int) -> dict[str, int]:
+    """The intervals in force at ``step`` (for the status)."""
+    d, c, m = LADDER[step]
+    return {"detect_every": config.detect_every * d, "classify_every": config.classify_every * c,
+            "cam_every": config.cam_every * m}
+
+
+@dataclass
+class Degrader:
+    """The step of one live source, from its queue depth and drop count."""
+
+    raise_every_s: float = RAISE_EVERY_S
+    calm_s: float = CALM_S
+    clock: Callable[[], float] = time.monotonic
+    step: int = 0
+    raises: int = 0  # steps up so far (the status shows how often it had to)
+
+    def __post_init__(self) -> None:
+        self.last_change = -float("inf")
+        self.calm_since: float | None = None
+        self.last_dropped = 0
+
+    def update(self, depth: int, capacity: int, dropped: int) -> int:
+        """Take a look at the queue (``dropped``: the total so far); the step to use."""
+        now = self.clock()
+        behind = depth >= capacity or dropped > self.last_dropped
+        self.last_dropped = dropped
+        if behind:
+            self.calm_since = None
+            if self.step < len(LADDER) - 1 and now - self.last_change >= self.raise_every_s:
+                self.step, self.last_change = self.step + 1, now
+                self.raises += 1
+        elif depth == 0:
+            if self.calm_since is None:
+                self.calm_since = now
+            elif self.step > 0 and now - self.calm_since >= self.calm_s:
+                self.step, self.last_change, self.calm_since = self.step - 1, now, now
+        else:
+            self.calm_since = None
+        return self.step
