@@ -8,6 +8,10 @@ opset 18+ only, and TensorRT's parser is best tested on 17).
 An export verifies itself: ``onnx.checker`` (full check, with shape inference), then
 ONNX Runtime on real faces against autograd Grad-CAM in PyTorch, at batch 1 and at
 the full set (the dynamic batch axis). A failed check raises and leaves no model behind.
+
+torch is imported by the functions that export, not by this module: the backends import
+it (through :mod:`gimefive.export.artifacts`) only to find a graph already cached, and a
+stage running ONNX Runtime must not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gimefive.digest import file_sha256
 from gimefive.errors import GimefiveError
+
+if TYPE_CHECKING:
+    import torch
 
 OPSET = 17
 INPUT_NAME, CLASS_NAME = "input", "class_index"
@@ -53,6 +60,8 @@ def state_sha256(model: torch.nn.Module) -> str:
 def export_onnx(model, path: str | Path, cam_layer: str = "conv5", class_input: bool = False,
                 opset: int = OPSET) -> Path:
     """Write the (probs, cam) graph of ``model`` to ``path`` (weights embedded, no checks)."""
+    import torch
+
     from gimefive.cam_graph import GiMeFiveCam
 
     path = Path(path)
@@ -77,24 +86,32 @@ def export_onnx(model, path: str | Path, cam_layer: str = "conv5", class_input: 
     return path
 
 
-class _ProbsOnly(torch.nn.Module):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-        self.eval()
+def _probs_only(model) -> torch.nn.Module:
+    """``model`` followed by softmax (a class made here: this module imports no torch)."""
+    import torch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+    class ProbsOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.eval()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.model(x), dim=1)
+
+    return ProbsOnly()
 
 
 def export_probs_onnx(model, path: str | Path, opset: int = OPSET) -> Path:
     """The classifier alone (``input`` -> ``probs``): what a backend runs when no CAM is asked."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_ProbsOnly(model.float().cpu()), (torch.zeros(2, 3, 64, 64),), str(tmp),
+        torch.onnx.export(_probs_only(model.float().cpu()), (torch.zeros(2, 3, 64, 64),), str(tmp),
                           dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                           output_names=["probs"], do_constant_folding=True,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, "probs": {0: "batch"}})
@@ -117,6 +134,8 @@ def check_onnx(path: str | Path) -> list[str]:
 def reference_outputs(model, x: np.ndarray, cam_layer: str,
                       class_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Autograd Grad-CAM in fp32 PyTorch: the definition the graph must reproduce."""
+    import torch
+
     from gimefive.backends.torch_backend import autograd_gradcam
 
     model = model.float().cpu().eval()
@@ -194,6 +213,7 @@ def export_verified(model, path: str | Path, cam_layer: str = "conv5",
 
     On a failed check the model file is removed, so no unverified graph is left behind.
     """
+    import torch
     from gimefive.export.faces import verification_faces
 
     path = Path(path)

@@ -2,28 +2,40 @@
 
 Training-resume state (optimizer, epoch, RNG) is separate and lives in ``gimefive.train``;
 a weights file only ever holds tensors plus metadata, so loading it runs no code.
+
+torch is imported only by the functions that build or write a model: reading the
+metadata (the uncertain threshold, in every classify stage) must not cost a stage the
+seconds of importing torch when its engine is ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gimefive.errors import GimefiveError
 from gimefive.labels import EMOTIONS, UNCERTAIN_THRESHOLD
-from gimefive.model import GiMeFive, ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from gimefive.model import GiMeFive
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "gimefive.safetensors"
 
 
 def save_weights(path: str | Path, model: GiMeFive, metadata: dict | None = None,
-                 dtype: torch.dtype = torch.float32) -> Path:
-    """Write the model's state dict and ``metadata`` (model config and class names added)."""
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write the model's state dict and ``metadata`` (model config and class names added);
+    floating-point tensors as ``dtype`` (None: float32)."""
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = dtype or torch.float32
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": model.config.to_dict(), "classes": list(EMOTIONS), **(metadata or {})}
@@ -36,7 +48,7 @@ def save_weights(path: str | Path, model: GiMeFive, metadata: dict | None = None
 
 
 def read_metadata(path: str | Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:  # the header only: no torch
         raw = (f.metadata() or {}).get("gimefive")
     return json.loads(raw) if raw else {}
 
@@ -56,6 +68,8 @@ def uncertain_threshold_of(weights: str | Path | None = None, meta: dict | None 
 
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    import torch
+
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -74,6 +88,8 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu"
                ) -> tuple[GiMeFive, dict]:
     """Build GiMeFive from a weights file (default: the shipped weights), in eval mode, fp32."""
+    from gimefive.model import GiMeFive, ModelConfig
+
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         if path == DEFAULT_WEIGHTS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 
@@ -53,3 +54,20 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (its exec, not the interpreter's first line),
+    to the kernel's clock tick (10 ms); None where the system has no /proc.
+
+    ``/proc/self/stat`` field 22 (start time) counts on the boot clock, which
+    ``CLOCK_BOOTTIME`` reads (``/proc/uptime`` may be a container's own), so a stage can
+    say how long it took from spawn to ready by itself.
+    """
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return age if age >= 0 else None

@@ -8,28 +8,39 @@ import sys
 from pathlib import Path
 
 import click
+from gimefive.pipeline.batch import BatchOptions
 from gimefive.pipeline.config import DEFAULT_CONFIG, AnnotateConfig
 from gimefive.pipeline.readers import READERS
+from gimefive.pipeline.replicas import SPLIT
 from gimefive.pipeline.stage import HWM
 from gimefive.pipeline.stages import STAGES
 
 from gimefive.config_cli import config_options
 
 #: the stage settings `annotate` offers as flags (all others: --config FILE)
-ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "landmarks68",
-                  "cam_opacity", "overlay", "blur_faces", "align", "detect_max_side",
-                  "detect_upscale")
+ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "classify_every", "cam_every", "cam",
+                  "landmarks68", "cam_opacity", "overlay", "blur_faces", "align", "detect_max_side",
+                  "detect_upscale", "detect_replicas", "classify_replicas")
+
+#: how several files are run (`--out-dir`): here in parallel, or on a Ray cluster
+BATCH_FLAGS = ("jobs", "ray", "ray_transfer", "ray_cpus", "ray_gpus", "ray_retries")
+#: options that name one input's outputs or a camera's recording: refused with --out-dir
+ONE_INPUT = {"output": "-o", "json_path": "--json", "cam_npz": "--cam-npz",
+             "events_path": "--events", "mqtt": "--mqtt", "summary_path": "--summary",
+             "report_dir": "--report", "duration_s": "--duration",
+             "max_reconnects": "--max-reconnects"}
 
 
 @click.command("annotate", context_settings={"show_default": True})
-@click.argument("input_path", metavar="INPUT")  # a file or an rtsp:// URL (click.Path
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)  # (click.Path
 @click.option("-o", "--output", type=click.Path(path_type=Path),  # would eat the "//")
               help="Annotated video to write (.mp4); same size, frame rate and timestamps.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="JSON lines, one per frame: faces, boxes, landmarks, probabilities, "
                    "label, uncertain flag, Grad-CAM summary.")
 @click.option("--cam-npz", type=click.Path(path_type=Path),
-              help="Also save every face's Grad-CAM map (frame, track id, box, cam) here.")
+              help="Also save every Grad-CAM map computed (frame, track id, box, cam) "
+                   "here, each once.")
 @click.option("--events", "events_path", type=click.Path(path_type=Path), default=None,
               help="Also append per-track events (appeared, label_changed, left) here as "
                    "JSON lines.")
@@ -52,10 +63,15 @@ ANNOTATE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "lan
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Also write `gimefive report`'s folder (tables, timelines, HTML page) "
                    "here once the run succeeds; needs no --json.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Several inputs: write each one's STEM_annotated.mp4, STEM.jsonl and "
+                   "STEM.summary.json here (a folder that exists), then print a table.")
+@config_options(BatchOptions, *BATCH_FLAGS, dest="batch_overrides",
+                ray={"metavar": "auto|ADDRESS"})
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def annotate_command(input_path, output, json_path, cam_npz, events_path, mqtt, overrides,
+def annotate_command(inputs, output, json_path, cam_npz, events_path, mqtt, overrides,
                      config_path, summary_path, force, duration_s, max_reconnects, quiet,
-                     report_dir):
+                     report_dir, out_dir, batch_overrides):
     """Annotate a video: each face's emotion, confidence and Grad-CAM, frame by frame.
 
     Decoding, detection, classification, tracking and encoding run as separate
@@ -72,7 +88,17 @@ def annotate_command(input_path, output, json_path, cam_npz, events_path, mqtt, 
 
     INPUT may be @FILE, a file holding the URL (a camera password then stays out of
     `ps`); passwords are shown as *** in every line and file gimefive writes.
+
+    Several files: gimefive annotate a.mp4 'clips/*.mp4' @list.txt --out-dir out/
+    (paths, glob patterns, or @FILE lists of them, one a line). They run --jobs at a
+    time here, or as Ray tasks on a cluster with --ray (docs/cluster.md); each file's
+    outputs appear under their names only when complete. Cameras are not accepted.
     """
+    if out_dir is not None or len(inputs) > 1 or batch_overrides:
+        _annotate_files(inputs, out_dir, overrides, config_path, force, quiet,
+                        batch_overrides, locals())
+        return
+    (input_path,) = inputs
     from gimefive.pipeline.config import load_annotate_config
     from gimefive.pipeline.run import annotate_video
     from gimefive.pipeline.summary import format_summary
@@ -106,6 +132,28 @@ def annotate_command(input_path, output, json_path, cam_npz, events_path, mqtt, 
         click.echo(f"wrote {written}", err=True)
     if report is not None:
         report.write(input_path, output, config, quiet)
+
+
+def _annotate_files(inputs, out_dir, overrides, config_path, force, quiet, batch_overrides,
+                    given):
+    """``annotate IN... --out-dir DIR``: the files of pipeline/batch.py, each named after
+    its input; options that name one input's outputs are refused with one line."""
+    from gimefive.pipeline.batch import run_batch
+    from gimefive.pipeline.config import load_annotate_config
+
+    if out_dir is None:
+        hint = "--ray" if "ray" in batch_overrides else \
+            "--jobs" if batch_overrides else "several inputs"
+        raise click.BadParameter(f"{hint}: give --out-dir DIR (each input's outputs are "
+                                 "named after it there)", param_hint="--out-dir")
+    for name, flag in ONE_INPUT.items():
+        if given[name] is not None:
+            raise click.BadParameter(f"{flag} names one input's output; with several "
+                                     "inputs or --out-dir each file's outputs are named in "
+                                     "DIR", param_hint=flag)
+    options = BatchOptions(**batch_overrides)
+    config = load_annotate_config(config_path, **overrides)
+    run_batch(list(inputs), out_dir, config, options, force=force, quiet=quiet)
 
 
 def _live_options(ctx, param, value):
@@ -144,6 +192,13 @@ def _live_options(ctx, param, value):
 @click.option("--ends", type=click.IntRange(min=0), default=1,
               help="End-of-stream messages that end this stage: the job's number of "
                    "streams; 0: a live run, until stopped.")
+@click.option("--upstream", type=click.IntRange(min=1), default=1,
+              help="Replicas of the stage before this one, all connected to --in: their "
+                   "frames are put back in order, their ends of a stream counted as one.")
+@click.option("--replica", type=click.IntRange(min=0), default=None,
+              help="detect/classify: this process is replica I of its stage, --in its own "
+                   "endpoint; it reports as NAME#I (0: NAME). --out A,B: send to the "
+                   "replicas of the next stage.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="annotate: also write JSON lines here.")
 @click.option("--cam-npz", type=click.Path(path_type=Path), default=None,
@@ -192,7 +247,8 @@ def _live_options(ctx, param, value):
                    "to connect, server.key and this host's client.key_secret.")
 @click.option("--insecure", is_flag=True,
               help="Allow binding or connecting a non-loopback address without CurveZMQ.")
-def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends, json_path,
+def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends, upstream,
+                  replica, json_path,
                   cam_npz, audio_from, events_path, mqtt, stream, reader, live, index_from,
                   live_out, streams,
                   segment_s, keep_age_s, keep_bytes, push_transport, control, gate,
@@ -202,9 +258,9 @@ def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends
     Stages bind their input and connect their output. A two-host example:
 
     \b
-      host B: gimefive stage classify --in tcp://0.0.0.0:5601 --out ipc:///tmp/g/track.sock \\
-                --curve-keys keys/
-      host A: gimefive stage detect --in ipc:///tmp/g/detect.sock --out tcp://B:5601 \\
+      host B: gimefive stage classify --in tcp://0.0.0.0:5601 \\
+                --out ipc:///tmp/g/annotate.sock --curve-keys keys/
+      host A: gimefive stage track --in ipc:///tmp/g/track.sock --out tcp://B:5601 \\
                 --curve-keys keys/
 
     A camera works the same way (`source --in rtsp://...`): it reconnects through
@@ -239,8 +295,11 @@ def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # a camera's outages
                         format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("libav").setLevel(logging.ERROR)
+    if replica is not None and name not in SPLIT:
+        raise click.BadParameter(f"only {' and '.join(SPLIT)} run as replicas",
+                                 param_hint="--replica")
     run_stage(name, in_, out, config, control=control, curve=curve, insecure=insecure,
-              hwm=hwm, ends=ends, **job)
+              hwm=hwm, ends=ends, upstream=upstream, replica=replica, **job)
 
 
 @click.command("keys")

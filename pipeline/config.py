@@ -40,8 +40,23 @@ class AnnotateConfig:
                                   "the paper's .pth); not given (null): the shipped ones.")
     cam: bool = setting(True, help="Compute Grad-CAM maps; off (--no-cam): probabilities "
                    "only, faster.")
-    cam_every: int = setting(1, help="Grad-CAM on every Nth frame; probabilities on all.",
-                             **POSITIVE)
+    classify_every: int = setting(5, help="Classify each face track at least every N "
+                                  "frames (and when it is new, moved or contested); the "
+                                  "frames between show its last result. 1: every face on "
+                                  "every frame.", **POSITIVE)
+    classify_move: float = setting(0.3, min=0, help="Classify a track again once its box "
+                                   "moved or resized by this share of its side.")
+    classify_look: float = setting(0.8, min=0, max=1, help="Classify a track again once its "
+                                   "face looks different: the correlation of an 8x8 grey "
+                                   "thumbnail with the one at its last classification is "
+                                   "below this (another expression, someone else in the same "
+                                   "place); 0: off.")
+    classify_margin: float = setting(0.15, min=0, max=1, help="A track is contested (classified "
+                                     "twice as often) while its two best classes are closer "
+                                     "than this, or its best is below the uncertain threshold.")
+    cam_every: int = setting(1, help="Grad-CAM at most every N frames per track, on frames "
+                             "where the face is classified; the overlay shows the track's "
+                             "last map in between.", **POSITIVE)
     cam_layer: str = setting("conv5", choices=("conv5", "conv4"),
                              help="Grad-CAM layer: conv5 (4x4, the paper's) or conv4 (8x8).")
     classify_max_batch: int = setting(32, help="Faces per engine call.", **POSITIVE)
@@ -49,6 +64,10 @@ class AnnotateConfig:
                                           "fuller batch, ms.")
     classify_workers: int = setting(2, help="Engine calls in parallel threads, one core each: "
                                     "classify uses a core that waits otherwise.", **POSITIVE)
+    classify_replicas: int = setting(0, min=0, max=64, help="Classify processes for one stream, "
+                                     "each measuring its share of the face tracks (a track "
+                                     "always on the same one); 0: from the cores (one per 4, "
+                                     "at most 8; 1 on a GPU).")
     align: str = setting("eyes", choices=("eyes", "landmarks", "none"),
                          help="Crop framing: eyes, the box squared and turned so the eyes are "
                               "level; landmarks, a fit of the training crops' 5-point "
@@ -75,6 +94,10 @@ class AnnotateConfig:
     detect_batch: int = setting(4, help="Frames per detector call.", **POSITIVE)
     detect_max_wait_ms: float = setting(20.0, min=0, help="How long a frame may wait for a "
                                         "fuller detector batch, ms.")
+    detect_replicas: int = setting(0, min=0, max=64, help="Detect processes for one stream, frames "
+                                   "shared out in turn and put back in order after them; 0: "
+                                   "from the cores (one per 4, at most 8; 1 on a GPU or with "
+                                   "detect_every above 1).")
     min_face: float = setting(8.0, min=0, help="Smaller boxes (px, full frame) are ignored.")
     # tracker
     track_iou: float = setting(0.3, min=0, max=1, help="Overlap (IoU) that continues a track.")

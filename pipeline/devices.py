@@ -8,9 +8,7 @@ when torch sees a GPU, else cpu. Both stages ask :func:`torch_device`, so they a
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
+from gimefive.backends.base import torch_cuda_available
 from gimefive.errors import GimefiveError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -18,15 +16,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def _cuda_available() -> bool:
     """torch's answer, without importing torch (seconds) where the NVIDIA driver library
-    that torch would load is absent."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libcuda.so.1")
-        except OSError:
-            return False
-    import torch
-
-    return torch.cuda.is_available()
+    that torch would load is absent (the one check, shared with the ``auto`` backend)."""
+    return torch_cuda_available()
 
 
 def torch_device(device: str) -> str | None:

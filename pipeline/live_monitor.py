@@ -40,6 +40,14 @@ from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.messages import check_stream_id
 from gimefive.pipeline.probe import check_output, is_live, probe_input
 from gimefive.pipeline.readers import is_v4l2
+from gimefive.pipeline.replicas import (
+    base_name,
+    input_endpoints,
+    replica_args,
+    replica_counts,
+    replica_index,
+    replica_names,
+)
 from gimefive.pipeline.stage import LIVE_HWM
 from gimefive.pipeline.stages import MIDDLE, ORDER, next_stage
 from gimefive.pipeline.stages.source import RESTART_INDEX_GAP
@@ -205,6 +213,7 @@ class Monitor:
                  log_dir: str | Path | None = None) -> None:
         self.sources, self.cfg, self.quiet = sources, cfg, quiet
         self.stage_config = stage_config or load_annotate_config(cfg.annotate_config)
+        self.counts = replica_counts(self.stage_config)  # processes per stage
         self.source_live: dict[str, dict] = {}
         self.sink_live: dict[str, dict] = {}
         self.index_from = {name: 0 for name in sources}
@@ -251,9 +260,11 @@ class Monitor:
                     "--keep-age-s", str(self.cfg.keep_age_s),
                     "--keep-bytes", str(self.cfg.keep_bytes),
                     "--push-transport", self.cfg.push_transport, *live]
-            return args + (["--json", self.cfg.json] if self.cfg.json else []) \
-                + self._events_args()
-        return ["--in", endpoints[name], "--out", endpoints[next_stage(name)], *live]
+            return replica_args(name, 0, self.counts, args) \
+                + (["--json", self.cfg.json] if self.cfg.json else []) + self._events_args()
+        stage = base_name(name)  # detect#1: a replica of detect
+        return replica_args(stage, replica_index(name), self.counts, [
+            "--in", endpoints[stage], "--out", endpoints[next_stage(stage)], *live])
 
     def _events_args(self) -> list[str]:
         """The annotate stage's event outputs; the broker URL (credentials) as @FILE."""
@@ -269,11 +280,12 @@ class Monitor:
     def _process(self, name: str) -> StageProcess:
         """Every stage, cameras and the live sink included, runs as `gimefive stage`."""
         return StageProcess(name, self._args(name, self.endpoints), threads=self._threads(name),
-                            kind="source" if name.startswith("source-") else name)
+                            kind="source" if name.startswith("source-") else base_name(name))
 
     def _threads(self, name: str) -> int:
         c = self.stage_config
-        return {"detect": c.detect_threads, "classify": c.classify_threads}.get(name, 1)
+        return {"detect": c.detect_threads,
+                "classify": c.classify_threads}.get(base_name(name), 1)
 
     # -- events from the stages
     def on_event(self, stage: StageProcess, event: str, data: dict) -> None:
@@ -369,6 +381,8 @@ class Monitor:
                 "outage_s": round(time.time() - open_outage["started"], 1) if open_outage else None,
                 "latency_s": sink.get("latency_s") if fresh else None,
                 "faces": int(sink.get("faces", 0)),
+                "degrade_step": int(src.get("degrade_step", 0)),
+                "intervals": src.get("intervals"),
                 "ended": f"source-{sid}" in self.ended}
         self.last_status = (now, counts)
         stages = {s.name: _stage_status(s) for s in self.supervisor.stages.values()}
@@ -445,8 +459,9 @@ class Monitor:
                 self.directory = directory  # also where stage arguments holding URLs go
                 if status_path:
                     self.status_file = open(status_path, "a", buffering=1)  # noqa: SIM115
-                self.endpoints = {n: ipc_endpoint(directory, n) for n in ORDER[1:]}
-                names = [f"source-{s}" for s in self.sources] + [*MIDDLE, "annotate"]
+                self.endpoints = input_endpoints(directory, self.counts, ORDER[1:])
+                names = [f"source-{s}" for s in self.sources] + [
+                    p for n in (*MIDDLE, "annotate") for p in replica_names(n, self.counts[n])]
                 processes = [self._process(n) for n in names]
                 logs = Path(self.log_dir) if self.log_dir else directory
                 logs.mkdir(parents=True, exist_ok=True)
@@ -517,6 +532,15 @@ def _raise_stop(signum, frame) -> None:
     raise _StopRequested(signal.Signals(signum).name)
 
 
+def _degraded(s: dict[str, Any]) -> str:
+    """The intervals in force while a camera is degraded to keep up (nothing otherwise)."""
+    if not s.get("degrade_step") or not s.get("intervals"):
+        return ""
+    i = s["intervals"]
+    return (f", degraded (step {s['degrade_step']}: detect every {i['detect_every']}, "
+            f"classify every {i['classify_every']}, CAM every {i['cam_every']})")
+
+
 def format_status(record: dict[str, Any]) -> str:
     parts = []
     for sid, s in record["streams"].items():
@@ -526,7 +550,7 @@ def format_status(record: dict[str, Any]) -> str:
         fout = "-" if s["fps_out"] is None else f"{s['fps_out']:.1f}"
         parts.append(f"{sid} [{state}] in {fin} out {fout} fps, dropped {s['dropped']}, "
                      f"queue {s['queue']}, in flight {s['in_flight']}, "
-                     f"reconnects {s['reconnects']}")
+                     f"reconnects {s['reconnects']}{_degraded(s)}")
     restarts = {n: st["restarts"] for n, st in record["stages"].items() if st["restarts"]}
     extra = f" | restarts {restarts}" if restarts else ""
     return f"[monitor {record['uptime_s']:.0f}s] " + " | ".join(parts) + extra

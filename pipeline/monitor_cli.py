@@ -48,8 +48,8 @@ MONITOR_FLAGS = ("out", "json", "status_json", "transport", "stall_timeout_s",
                  "max_reconnects", "status_every_s", "segment_s", "keep_age_s", "keep_bytes",
                  "duration_s", "cameras", "metrics_port", "metrics_host", "annotate_config",
                  "events", "mqtt")
-STAGE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "overlay",
-               "blur_faces")
+STAGE_FLAGS = ("backend", "weights", "detect_every", "classify_every", "cam_every", "cam",
+               "overlay", "blur_faces", "detect_replicas", "classify_replicas")
 
 
 @click.command("monitor", context_settings={"show_default": True})
@@ -68,10 +68,16 @@ STAGE_FLAGS = ("backend", "weights", "detect_every", "cam_every", "cam", "overla
 @click.option("--log-dir", type=click.Path(path_type=Path), default=None,
               help="Keep each stage's log (stderr) here [default: a temporary folder "
                    "removed at the end].")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
+              help="Run each camera as a Ray actor on a cluster's nodes, moved to another "
+                   "node when its node dies, with its JSON lines, events and status "
+                   "gathered here: auto (RAY_ADDRESS or the cluster `ray start` began on "
+                   "this machine) or HOST:PORT of the head; needs gimefive[ray] here and "
+                   "on every node (docs/cluster.md).")
 @click.option("-q", "--quiet", is_flag=True, help="No status lines (the JSON still gets them).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every reconnect attempt.")
-def monitor_command(urls, sources, overrides, stage_overrides, config_path, log_dir, quiet,
-                    verbose):
+def monitor_command(urls, sources, overrides, stage_overrides, config_path, log_dir, ray_address,
+                    quiet, verbose):
     """Monitor live cameras: faces, emotions and Grad-CAM, for days, through outages.
 
     Each camera is read over RTSP (TCP by default) with open and read timeouts; a
@@ -103,8 +109,15 @@ def monitor_command(urls, sources, overrides, stage_overrides, config_path, log_
         raise click.UsageError("give -o FILE.mp4|rtsp://... and/or --json FILE (or "
                                "--events FILE, --mqtt URL)")
     stage_cfg = load_annotate_config(cfg.annotate_config, **stage_overrides)
-    final = run_monitor(all_sources, cfg, stage_cfg, quiet=quiet, log_dir=log_dir)
-    if not quiet:
+    if ray_address:
+        from gimefive.pipeline.ray_monitor import format_ray_status as format_status
+        from gimefive.pipeline.ray_monitor import run_ray_monitor
+
+        final = run_ray_monitor(all_sources, cfg, stage_cfg, ray_address, quiet=quiet,
+                                log_dir=log_dir)
+    else:
         from gimefive.pipeline.live_monitor import format_status
 
+        final = run_monitor(all_sources, cfg, stage_cfg, quiet=quiet, log_dir=log_dir)
+    if not quiet:
         click.echo("stopped; " + format_status(final), err=True)

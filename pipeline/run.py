@@ -23,8 +23,15 @@ from gimefive.pipeline.config import AnnotateConfig, load_annotate_config
 from gimefive.pipeline.control import report_stage_error
 from gimefive.pipeline.live_source import CameraGaveUp
 from gimefive.pipeline.probe import check_output, is_live, probe_input, same_file
+from gimefive.pipeline.replicas import (
+    input_endpoints,
+    replica_args,
+    replica_counts,
+    replica_name,
+    replica_names,
+)
 from gimefive.pipeline.stage import HWM, StageRunner, Stopped
-from gimefive.pipeline.stages import ORDER, STAGES, next_stage, stage_class
+from gimefive.pipeline.stages import ORDER, next_stage, stage_class
 from gimefive.pipeline.summary import AnnotateResult, summarize
 from gimefive.pipeline.supervisor import (
     EXIT_GAVE_UP,
@@ -45,14 +52,16 @@ LIVE_STOP_S = 60.0
 
 def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfig,
               control: str | None = None, curve: CurveKeys | None = None,
-              insecure: bool = False, hwm: int = HWM, ends: int = 1,
-              **job: Any) -> dict[str, Any]:
+              insecure: bool = False, hwm: int = HWM, ends: int = 1, upstream: int = 1,
+              replica: int | None = None, **job: Any) -> dict[str, Any]:
     """Run stage ``name`` in this process until its input ends; return its stats.
 
     For ``source`` ``in_`` is the video to read; for ``annotate`` ``out`` is the video to
     write (``job`` may add ``json``, ``cam_npz``, ``audio_from``). Other stages take
     endpoints; a stage binds ``in_`` and connects ``out``. ``hwm`` and ``ends`` are the
-    run's queue depth per hop and its number of streams (0: live, until stopped).
+    run's queue depth per hop and its number of streams (0: live, until stopped);
+    ``upstream`` the replicas of the stage before, ``replica`` which replica this is
+    (:mod:`gimefive.pipeline.replicas`).
 
     Every stage runs here, a camera source and the live sink included. A stop (SIGTERM)
     is the normal end of a live run (``ends`` 0): it returns. A failure is reported to
@@ -68,9 +77,10 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
     status = StageError.exit_code
     try:
         stage = cls(config, **job)
-        name = stage.name  # a camera's source reports as source-ID
+        # a camera's source reports as source-ID, a replica as NAME#I
+        name = stage.name = replica_name(stage.name, replica)
         runner = StageRunner(stage, in_, out, control, curve=curve, insecure=insecure,
-                             gate_endpoint=gate, hwm=hwm, ends=ends)
+                             gate_endpoint=gate, hwm=hwm, ends=ends, upstream=upstream)
         return runner.run()
     except Stopped as exc:
         if ends == 0:
@@ -223,6 +233,7 @@ def annotate_video(input_path: str | Path, output: str | Path | None,
     per-track events of :mod:`gimefive.pipeline.events`.
     """
     config = config or load_annotate_config()
+    replica_counts(config)  # replicas it cannot have: one line before anything starts
     live = is_live(input_path)
     if not live and (duration_s or camera):
         raise GimefiveError("--duration and camera options apply to a live input "
@@ -282,10 +293,13 @@ def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateC
     bar = _Progress(progress)
     start = time.perf_counter()
     with private_ipc_dir() as directory:
-        endpoints = {name: ipc_endpoint(directory, name) for name in STAGES}
+        counts = replica_counts(config)  # detect and classify may run as several
+        endpoints = input_endpoints(directory, counts)
         job["gate"] = ipc_endpoint(directory, "gate")
-        processes = [StageProcess(name, stage_args(name, endpoints, config, job, directory),
-                                  threads=_threads(name, config)) for name in ORDER]
+        processes = [StageProcess(process, replica_args(
+            name, i, counts, stage_args(name, endpoints, config, job, directory)),
+            kind=name, threads=_threads(name, config))
+            for name in ORDER for i, process in enumerate(replica_names(name, counts[name]))]
         kind = Supervisor if stop is None else _CameraJobSupervisor
         supervisor = kind(processes, ipc_endpoint(directory, "control"), directory,
                           on_event=bar.event, gate_endpoint=job["gate"])

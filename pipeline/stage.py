@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -25,10 +26,12 @@ import zmq
 from gimefive.pipeline.config import AnnotateConfig
 from gimefive.pipeline.control import control_message
 from gimefive.pipeline.messages import EndOfStream, Message
-from gimefive.pipeline.transport import Receiver, Sender, open_socket, peer_monitor
+from gimefive.pipeline.reorder import input_receiver
+from gimefive.pipeline.replicas import fan_out, split_endpoints
+from gimefive.pipeline.transport import Sender, open_socket, peer_monitor
 
 from gimefive.errors import GimefiveError
-from gimefive.memory import peak_rss_mb
+from gimefive.memory import peak_rss_mb, process_age_s
 
 PROGRESS_EVERY_S = 0.5
 #: how often a stage's live counters (:meth:`Stage.live_stats`) go to the supervisor
@@ -159,6 +162,18 @@ class _Timer:
         self.store[self.key] = self.store.get(self.key, 0.0) + time.perf_counter() - self.start
 
 
+def startup_report(setup_s: float) -> dict[str, Any]:
+    """What the ready report says about the stage's start-up: process start to ready
+    (``startup_s``; absent without /proc), split into ``import_s`` (the interpreter,
+    imports, sockets) and ``setup_s`` (models loaded, warm-up), and whether torch was
+    imported (seconds of it; a stage that needs no torch should not load it)."""
+    out = {"setup_s": round(setup_s, 2), "torch": "torch" in sys.modules}
+    age = process_age_s()
+    if age is not None:
+        out |= {"startup_s": round(age, 2), "import_s": round(max(0.0, age - setup_s), 2)}
+    return out
+
+
 class Stopped(Exception):
     """SIGTERM/SIGINT arrived: finish what is written and leave."""
 
@@ -169,32 +184,37 @@ class StageRunner:
     def __init__(self, stage: Stage, in_endpoint: str | None, out_endpoint: str | None,
                  control_endpoint: str | None = None, bind_input: bool = True,
                  curve=None, insecure: bool = False, gate_endpoint: str | None = None,
-                 hwm: int = HWM, ends: int = 1) -> None:
+                 hwm: int = HWM, ends: int = 1, upstream: int = 1) -> None:
         """``hwm`` and ``ends`` are facts of the run, not user settings: how many messages
         queue per hop (per side), and how many end-of-stream messages end this stage
-        (one per stream of a file job; 0: a live run, until stopped)."""
+        (one per stream of a file job; 0: a live run, until stopped). ``upstream``: the
+        replicas of the stage before, whose frames are put back in order here; an
+        ``out_endpoint`` "A,B" sends to the replicas of the next (pipeline.replicas)."""
         self.stage = stage
         self.ends = ends
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
+        self.out_sockets: list[zmq.Socket] = []
         self.receiver = self.sender = self.control = None
         self.drain = False
         try:
             if stage.accepts is not None:
                 sock = self._open(zmq.PULL, in_endpoint, bind_input, hwm, curve, insecure)
                 # ends > 0: a forged end-of-stream would end this stage; refuse it
-                self.receiver = Receiver(sock, (*stage.accepts, EndOfStream), ends)
+                self.receiver = input_receiver(sock, (*stage.accepts, EndOfStream), ends,
+                                               upstream, type(stage).name, stage.counters)
             if stage.has_output:
-                monitors: list[zmq.Socket] = []
+                senders: list[Sender] = []
                 try:
-                    sock = self._open(zmq.PUSH, out_endpoint, not bind_input, hwm, curve,
-                                      insecure,
-                                      before_connect=lambda s: monitors.append(peer_monitor(s)))
+                    for endpoint in split_endpoints(out_endpoint):  # several: replicas
+                        senders.append(self._open_sender(endpoint, not bind_input, hwm,
+                                                         curve, insecure))
+                    self.sender = fan_out(senders, type(stage).name)
                 except BaseException:
-                    for monitor in monitors:  # an open monitor would block ctx.term()
-                        monitor.close(0)
+                    for sender in senders:  # an open monitor would block ctx.term()
+                        sender.close_monitor()
                     raise
-                self.sender = Sender(sock, monitors[0])
+                self.out_sockets = [sender.sock for sender in senders]
             if control_endpoint:
                 self.control = self._open(zmq.PUSH, control_endpoint, False, 1000, None, False)
             self.gate = self._open(zmq.PULL, gate_endpoint, True, 1, None, False) \
@@ -220,6 +240,17 @@ class StageRunner:
                            insecure=insecure, before_connect=before_connect)
         self.sockets.append(sock)
         return sock
+
+    def _open_sender(self, endpoint, bind, hwm, curve, insecure) -> Sender:
+        monitors: list[zmq.Socket] = []
+        try:
+            sock = self._open(zmq.PUSH, endpoint, bind, hwm, curve, insecure,
+                              before_connect=lambda s: monitors.append(peer_monitor(s)))
+        except BaseException:
+            for monitor in monitors:  # an open monitor would block ctx.term()
+                monitor.close(0)
+            raise
+        return Sender(sock, monitors[0])
 
     # -- reporting
     def report(self, event: str, **data: Any) -> None:
@@ -305,8 +336,10 @@ class StageRunner:
                     signal.SIGINT: signal.signal(signal.SIGINT, interrupt)}
         try:
             try:
+                setup_start = time.perf_counter()
                 self.stage.setup()
-                self.report("ready", **self.stage.info())
+                self.report("ready", **self.stage.info(),
+                            startup=startup_report(time.perf_counter() - setup_start))
                 self._wait_for_gate()
                 if self.receiver is None:
                     self._run_source()
@@ -381,7 +414,7 @@ class StageRunner:
             self.sender.close_monitor()
         linger = LIVE_LINGER_MS if live else DRAIN_TIMEOUT_MS
         for sock in self.sockets:
-            keep = self.drain and (sock is getattr(self.sender, "sock", None)
+            keep = self.drain and (any(sock is out for out in self.out_sockets)
                                    or sock is self.control)
             if sock is self.control and not keep:  # the last reports (final counters,
                 sock.close(linger=LIVE_LINGER_MS)  # after a stop too) are small

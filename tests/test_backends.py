@@ -162,9 +162,11 @@ def test_auto_choice_prefers_gpu_paths(monkeypatch):
     import onnxruntime as ort
     import torch
 
+    from gimefive.backends import base
     from gimefive.backends.base import auto_choice
 
     assert auto_choice() == ("onnxruntime", {})  # this CPU-only machine
+    monkeypatch.setattr(base, "cuda_driver_present", lambda: True)  # torch is asked
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert auto_choice() == ("torch", {"device": "cuda", "precision": "fp16",
                                        "cam_method": "graph"})

@@ -88,6 +88,7 @@ def test_pipeline_and_classify_in_one_run(tmp_path):
     assert pipe["frames"] == 10 and pipe["fps"]["median"] > 0
     assert set(pipe["stages"]) == {"source", "detect", "classify", "track", "annotate"}
     assert all(st["max_rss_mb"] > 0 for st in pipe["stages"].values())
+    assert all(0 < st["startup_s"] < pipe["wall_s_median_run"] for st in pipe["stages"].values())
     assert pipe["recall"] > 0.5  # faces came through the whole pipeline to the JSON lines
     assert set(pipe["latency_ms"]) == {"p50", "p95", "p99"}
     assert pipe["parallel_efficiency_recomputed"] == pytest.approx(
@@ -97,6 +98,7 @@ def test_pipeline_and_classify_in_one_run(tmp_path):
                                                           ("onnxruntime fp32", 4)]
     md = (out / "bench.md").read_text()
     assert "| annotate pipeline |" in md and "Classify only" in md and "| classify |" in md
+    assert "| peak RSS MB | start-up s |" in md
     assert (out / "classify.png").is_file() and (out / "pipeline_stages.png").is_file()
 
 

@@ -99,9 +99,9 @@ def test_stages_as_separate_processes_read_a_camera(tmp_path, weights, camera):
     stages = {  # started last to first: each binds its input, connects its output
         "annotate": ["annotate", "--in", ep["annotate"], "--out", str(out), "--json",
                      str(jsonl)],
-        "track": ["track", "--in", ep["track"], "--out", ep["annotate"]],
-        "classify": ["classify", "--in", ep["classify"], "--out", ep["track"], *common],
-        "detect": ["detect", "--in", ep["detect"], "--out", ep["classify"]],
+        "classify": ["classify", "--in", ep["classify"], "--out", ep["annotate"], *common],
+        "track": ["track", "--in", ep["track"], "--out", ep["classify"]],
+        "detect": ["detect", "--in", ep["detect"], "--out", ep["track"]],
         "source": ["source", "--in", camera.url, "--out", ep["detect"]],
     }
     procs = {name: Proc([*GIMEFIVE, "stage", *args]) for name, args in stages.items()}

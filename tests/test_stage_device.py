@@ -13,7 +13,7 @@ import pytest
 from gimefive.pipeline import devices
 from gimefive.pipeline.bench.scenes import face_ladder
 from gimefive.pipeline.config import AnnotateConfig
-from gimefive.pipeline.messages import EndOfStream, FrameMsg
+from gimefive.pipeline.messages import EndOfStream, FrameMsg, TrackIdsMsg
 from gimefive.pipeline.stages.classify import ClassifyStage
 from gimefive.pipeline.stages.detect import DetectStage
 from gimefive.pipeline.summary import AnnotateResult, format_summary
@@ -59,7 +59,10 @@ def classify(detections, weights):
         return engine(batch, cam=cam)
 
     stage.backend = recording
-    out = run_stage(stage, detections)
+    # every face a new track (ids unique per frame): each is classified, with Grad-CAM
+    tracked = [TrackIdsMsg(**d.detection_fields(), track_ids=100 * d.index + np.arange(
+        len(d.boxes), dtype=np.int64)) for d in detections]
+    out = run_stage(stage, tracked)
     stage.backend = engine
     info = stage.info()
     stage.close()
@@ -120,7 +123,9 @@ def test_torch_path_gives_the_default_paths_results(frames, weights, monkeypatch
     for ref, got in zip(ref_out, out, strict=True):
         assert np.array_equal(ref.probs.argmax(1), got.probs.argmax(1))
         assert np.abs(ref.probs - got.probs).max() < 0.05
-        assert (ref.cam is None) == (got.cam is None) == (ref.index % 2 == 1)
+        assert ref.measured.all() and got.measured.all()
+        assert (ref.cam_from == ref.index).all() and (got.cam_from == got.index).all()
+        assert ref.cam.shape == got.cam.shape == (len(ref.boxes), 4, 4)
 
 
 def test_summary_says_which_detector_and_crops_ran():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -75,8 +77,36 @@ def _load(name: str) -> type[Backend] | None:
     return BACKENDS.get(name)
 
 
+def _usable(name: str) -> bool:
+    return (cls := _load(name)) is not None and cls.is_available()
+
+
 def available_backends() -> list[str]:
-    return [n for n in BACKEND_MODULES if (c := _load(n)) is not None and c.is_available()]
+    return [n for n in BACKEND_MODULES if _usable(n)]
+
+
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library that torch's CUDA would load is there (Linux;
+    elsewhere assumed, so torch is asked)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def torch_cuda_available() -> bool:
+    """``torch.cuda.is_available()``, without importing torch (seconds of a stage's
+    start-up) where the driver it would load is absent or torch is not installed."""
+    if not cuda_driver_present():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def auto_choice() -> tuple[str, dict]:
@@ -85,24 +115,23 @@ def auto_choice() -> tuple[str, dict]:
     TensorRT when it can run; else ONNX Runtime when it has a GPU execution provider;
     else PyTorch on CUDA (fp16, in-graph CAM); else ONNX Runtime on the CPU (fp32,
     in-graph CAM: on the benchmarked CPU it beat torch fp32, and bf16 was not reliably
-    faster under load); else torch.
+    faster under load); else torch. torch is imported only where it may be chosen (a
+    CUDA driver, or no ONNX Runtime), so a CPU stage running ONNX Runtime starts faster.
     """
-    available = [n for n in AUTO_ORDER if (c := _load(n)) is not None and c.is_available()]
-    if "tensorrt" in available:
+    if _usable("tensorrt"):
         return "tensorrt", {}
-    if "onnxruntime" in available:
+    ort_usable = _usable("onnxruntime")
+    if ort_usable:
         import onnxruntime as ort
 
         gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
         if gpu & set(ort.get_available_providers()):
             return "onnxruntime", {}
-    if "torch" in available:
-        import torch
-
-        if torch.cuda.is_available():
-            return "torch", {"device": "cuda", "precision": "fp16", "cam_method": "graph"}
-    if available:
-        return available[0], {}
+    if torch_cuda_available() and _usable("torch"):
+        return "torch", {"device": "cuda", "precision": "fp16", "cam_method": "graph"}
+    chosen = next((n for n in AUTO_ORDER if _usable(n)), None)  # the first, in order
+    if chosen is not None:
+        return chosen, {}
     raise GimefiveError("no classifier backend is available (install torch or onnxruntime)")
 
 

@@ -102,12 +102,14 @@ def stage_lines(p: dict[str, Any]) -> list[str]:
     p50, p95, p99 = (_fmt(lat.get(f"p{q}"), ".0f") for q in (50, 95, 99))
     out = [f"Pipeline stages (median run; decode-to-written latency p50 {p50} ms, "
            f"p95 {p95} ms, p99 {p99} ms):", "",
-           "| stage | CPU s | CPU ms/frame | CPU fps | busy fps | blocked s | peak RSS MB |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| stage | CPU s | CPU ms/frame | CPU fps | busy fps | blocked s | peak RSS MB "
+           "| start-up s |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, st in p["stages"].items():
         out.append(f"| {name} | {_fmt(st['cpu_s'])} | {_fmt(st['cpu_ms_per_frame'], '.1f')} "
                    f"| {_fmt(st['cpu_fps'], '.1f')} | {_fmt(st['busy_fps'], '.1f')} "
-                   f"| {_fmt(st['blocked_s'], '.1f')} | {_fmt(st['max_rss_mb'], '.0f')} |")
+                   f"| {_fmt(st['blocked_s'], '.1f')} | {_fmt(st['max_rss_mb'], '.0f')} "
+                   f"| {_fmt(st.get('startup_s'))} |")
     return out
 
 
@@ -127,11 +129,13 @@ def scaling_lines(s: dict[str, Any]) -> list[str]:
     out = [f"Scaling: looping 640x360 files through `monitor` at {s['target_fps']} fps, "
            f"{s['seconds_measured']:g} s measured after {s['warmup_s']:g} s warm-up; "
            f"**{s['streams_sustained']} stream(s) sustained in real time** (every stream "
-           ">= 95% of the frame rate written, <= 2% dropped).", "",
-           "| streams | written fps per stream | dropped | real time |",
-           "| ---: | --- | --- | --- |"]
+           ">= 95% of the frame rate written, <= 2% dropped), annotated video and JSON "
+           "lines written.", "",
+           "| streams | written fps per stream | dropped | latency p95 s | degrade step "
+           "| real time |", "| ---: | --- | --- | ---: | ---: | --- |"]
     for st in s["steps"]:
         out.append(f"| {st['streams']} | {st['fps_out']} | {st['dropped_fraction']} "
+                   f"| {st.get('latency_p95_s', '-')} | {st.get('degrade_step_max', '-')} "
                    f"| {'yes' if st['sustained'] else 'no'} |")
     return out
 

@@ -217,9 +217,11 @@ def bench_pipeline(item: dict, config, repeat: int, work: Path) -> dict[str, Any
     fps = [r["fps"] for r in runs]
     median_run = sorted(runs, key=lambda r: r["fps"])[len(runs) // 2]
     stages = {}
+    startup = median_run.get("startup", {}).get("stages", {})
     for name, st in median_run["stages"].items():
         stages[name] = {k: st.get(k) for k in ("cpu_s", "cpu_ms_per_frame", "cpu_fps",
                                                "busy_fps", "blocked_s", "max_rss_mb")}
+        stages[name]["startup_s"] = startup.get(name, {}).get("startup_s")  # spawn to ready
     counters = median_run["stages"].get("annotate", {}).get("counters", {})
     latency = {f"p{q}": counters.get(f"latency_ms_p{q}") for q in (50, 95, 99)}
     cpu_per_frame = sum(st["cpu_ms_per_frame"] for st in stages.values()) / 1000
@@ -351,23 +353,27 @@ def bench_classify(weights: Path, configs: list[str], batches: list[int], rounds
 def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s: float,
                   work: Path, target_fps: float, startup_timeout_s: float = 180.0
                   ) -> dict[str, Any]:
-    """1, 2, 4, ... looping copies of ``clip`` through ``monitor`` until real time breaks.
+    """1, 2, 3, 4, 6, 8... looping copies of ``clip`` through ``monitor``, annotated video
+    (segments) and JSON lines written, until real time breaks.
 
     ``gimefive monitor`` runs as a subprocess (it owns its signal handlers) and is
     stopped with SIGTERM once frames have flowed for ``warmup_s + seconds``. A count is
     sustained when every stream's written fps over the measured part is at least 95% of
-    ``target_fps`` and at most 2% of its decoded frames were dropped.
+    ``target_fps`` and at most 2% of its decoded frames were dropped. Each step also
+    gives the decode-to-written latency p95 and the highest degrade step reached.
     """
     from gimefive.config import save_config
 
     stage_yaml = save_config(config, work / "scaling_stage_config.yaml")
     steps = []
-    n = 1
-    while n <= max_streams:
+    for n in stream_counts(max_streams):
         status = work / f"scaling_{n}.status.jsonl"
         status.unlink(missing_ok=True)
+        video = work / f"scaling_{n}_video"
+        video.mkdir(exist_ok=True)
         cmd = [sys.executable, "-c", "from gimefive.cli import main; main()", "monitor",
                *([clip] * n), "--json", str(work / f"scaling_{n}.jsonl"),
+               "-o", str(video / "out.mp4"),
                "--status-json", str(status), "--status-every", "1",
                "--stage-config", str(stage_yaml), "--quiet",
                "--log-dir", str(work / f"scaling_{n}_logs")]
@@ -378,15 +384,29 @@ def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s:
             step["sustained"] = False
         steps.append(step)
         log(f"  scaling {n} stream(s): per-stream out fps {step['fps_out']} "
-            f"dropped {step['dropped_fraction']} -> "
+            f"dropped {step['dropped_fraction']}, latency p95 {step.get('latency_p95_s')} s, "
+            f"degrade step up to {step.get('degrade_step_max')} -> "
             f"{'real time' if step['sustained'] else 'BROKEN'}"
             f"{' (' + step['error'] + ')' if step.get('error') else ''}")
         if not step["sustained"]:
             break
-        n *= 2
     sustained = [s["streams"] for s in steps if s["sustained"]]
     return {"target_fps": target_fps, "seconds_measured": seconds, "warmup_s": warmup_s,
             "steps": steps, "streams_sustained": max(sustained) if sustained else 0}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+#: live stream counts the scaling part tries, in order, up to ``--scaling-max``
+STREAM_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def stream_counts(most: int) -> list[int]:
+    """Every count up to 4 (each a target on small machines), then about 1.5x apart."""
+    return [n for n in STREAM_COUNTS if n <= most]
 
 
 def _flowing_since(status: Path) -> tuple[float | None, float]:
@@ -464,9 +484,14 @@ def scaling_step(status_path: Path, n: int, warmup_s: float, target_fps: float
         decoded = max(1, end["decoded"] - start["decoded"])
         dropped.append((end["dropped"] - start["dropped"]) / decoded)
     sustained = min(fps_out) >= 0.95 * target_fps and max(dropped) <= 0.02
+    latencies = [s["latency_s"] for r in timed for s in r["streams"].values()
+                 if s.get("latency_s") is not None]
+    steps = [int(s.get("degrade_step") or 0) for r in timed for s in r["streams"].values()]
     return {"streams": n, "sustained": sustained,
             "fps_out": [round(v, 2) for v in fps_out],
-            "dropped_fraction": [round(v, 4) for v in dropped], "measured_s": round(dt, 1)}
+            "dropped_fraction": [round(v, 4) for v in dropped], "measured_s": round(dt, 1),
+            "latency_p95_s": round(_percentile(latencies, 95), 3) if latencies else None,
+            "degrade_step_max": max(steps) if steps else 0}
 
 
 # ----------------------------------------------------------------------------- ratios

@@ -45,6 +45,8 @@ class ClassifyStage(Stage):
             self.backend = create_backend(c.backend, **options)
         self.backend_name = getattr(self.backend, "name", c.backend)
         self.backend(np.zeros((2, 3, 64, 64), np.float32), cam=c.cam)  # warm-up
+        if c.cam and c.cam_every > 1:  # probs-only calls will come: load that graph now
+            self.backend(np.zeros((2, 3, 64, 64), np.float32), cam=False)
         from gimefive.checkpoint import uncertain_threshold_of
 
         self.threshold = (c.uncertain_threshold if c.uncertain_threshold is not None
