@@ -67,6 +67,12 @@ class MonitorMetrics:
                              "not ended, else 0.", cam, registry=reg)
         self.outage = prom.Gauge("gimefive_camera_outage_seconds", "Length of the current "
                                  "outage, seconds (0 while up).", cam, registry=reg)
+        self.degrade = prom.Gauge("gimefive_degrade_step", "How far the camera's work "
+                                  "intervals are raised to keep up (0: as configured).",
+                                  cam, registry=reg)
+        self.intervals = prom.Gauge("gimefive_interval_frames", "The detect / classify / "
+                                    "Grad-CAM interval in force, frames.", ["camera", "work"],
+                                    registry=reg)
         self.latency = prom.Histogram("gimefive_latency_seconds", "Decode-to-written "
                                       "latency of the latest frame at each status record.",
                                       cam, buckets=LATENCY_BUCKETS, registry=reg)
@@ -87,9 +93,13 @@ class MonitorMetrics:
         next scrape, a removed one's series go (it is neither up nor awaited any more)."""
         with self.lock:
             for camera in set(self.cameras) - set(cameras):
-                for family in (*self.counters.values(), self.up, self.outage, self.latency):
+                for family in (*self.counters.values(), self.up, self.outage, self.latency,
+                               self.degrade):
                     with contextlib.suppress(KeyError):  # a series never created
                         family.remove(camera)
+                for work in ("detect", "classify", "cam"):
+                    with contextlib.suppress(KeyError):
+                        self.intervals.remove(camera, work)
                 self.ended.pop(camera, None)
                 self.written_once.discard(camera)
                 self.last = {k: v for k, v in self.last.items() if k[0] != camera}
@@ -122,6 +132,9 @@ class MonitorMetrics:
         up = bool(s.get("connected")) and not s.get("ended")
         self.up.labels(camera).set(1 if up else 0)
         self.outage.labels(camera).set(float(s.get("outage_s") or 0.0))
+        self.degrade.labels(camera).set(float(s.get("degrade_step") or 0))
+        for key, value in (s.get("intervals") or {}).items():
+            self.intervals.labels(camera, key.removesuffix("_every")).set(float(value))
         if s.get("latency_s") is not None:
             self.latency.labels(camera).observe(float(s["latency_s"]))
         if int(s.get("written") or 0) > 0:

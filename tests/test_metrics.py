@@ -244,3 +244,24 @@ def test_metrics_across_a_real_camera_outage(tmp_path, weights):
     assert after["gimefive_reconnects_total"] >= before["gimefive_reconnects_total"] + 1
     assert after["gimefive_frames_decoded_total"] > during["gimefive_frames_decoded_total"]
     assert after["gimefive_frames_written_total"] > before["gimefive_frames_written_total"]
+
+
+def test_degrade_step_and_intervals_are_exported(served):
+    """A camera degraded to keep up: its step and the intervals in force are gauges, back
+    to the configured ones when it catches up; a removed camera's series go."""
+    metrics, base = served
+    raised = {"detect_every": 1, "classify_every": 10, "cam_every": 2}
+    metrics.update(status({"door": stream(degrade_step=2, intervals=raised),
+                           "hall": stream()}))
+    samples = scrape(base)
+    assert samples[("gimefive_degrade_step", (("camera", "door"),))] == 2
+    assert samples[("gimefive_interval_frames", (("camera", "door"), ("work", "classify")))] \
+        == 10
+    assert samples[("gimefive_degrade_step", (("camera", "hall"),))] == 0
+    metrics.update(status({"door": stream(degrade_step=0, intervals={
+        "detect_every": 1, "classify_every": 5, "cam_every": 1}), "hall": stream()}))
+    samples = scrape(base)
+    assert samples[("gimefive_degrade_step", (("camera", "door"),))] == 0
+    assert samples[("gimefive_interval_frames", (("camera", "door"), ("work", "cam")))] == 1
+    metrics.set_cameras(["hall"])
+    assert not any(dict(labels).get("camera") == "door" for (_, labels) in scrape(base))
