@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 STAGES = ("source", "detect", "track", "classify", "annotate")
 
@@ -34,7 +35,7 @@ def fmt(value, pattern="{:.2f}") -> str:
 
 
 def main(before_path: str, after_path: str) -> None:
-    before, after = (json.load(open(p)) for p in (before_path, after_path))
+    before, after = (json.loads(Path(p).read_text()) for p in (before_path, after_path))
     print("| scene | fps before -> after | whole-process fps (start-up incl.) | baseline fps "
           "| whole / baseline | faces matched / frame (baseline) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

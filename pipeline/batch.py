@@ -17,24 +17,22 @@ driver removes the work folder, and with it whatever lost attempts left, at the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gimefive.pipeline.config import AnnotateConfig
+from gimefive.pipeline.run import sigterm_as_interrupt
 
 from gimefive.config import check_settings, setting
 from gimefive.errors import GimefiveError, StageError
@@ -358,24 +356,6 @@ def run_batch(inputs: list[str], out_dir: Path, config: AnnotateConfig,
                          f"{Path(failed[0]['file']).name}: "
                          f"{failed[0]['status'].removeprefix('failed: ')}")
     return outcomes
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops a batch as Ctrl-C does: the files running are stopped, their partial
-    outputs and the work folder removed (in the main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def format_table(outcomes: list[dict[str, Any]], wall_s: float, ray: bool = False) -> str:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +306,7 @@ def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateC
                           on_event=bar.event, gate_endpoint=job["gate"])
         try:
             if stop is None:
-                with _sigterm_as_interrupt():
+                with sigterm_as_interrupt():
                     supervisor.start_all()
                     stages = supervisor.run()
             else:
@@ -380,8 +381,9 @@ class _LiveStop:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM stops the stages (outputs finalised) and removes the sockets, like Ctrl-C."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the stages (outputs finalised) and removes the sockets, like Ctrl-C
+    (in the main thread only; elsewhere a no-op). A batch of files uses it too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from gimefive.pipeline.bench import bench_file
 from gimefive.pipeline.bench.machine import load_average, machine_info
 
@@ -395,11 +396,6 @@ def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s:
             "steps": steps, "streams_sustained": max(sustained) if sustained else 0}
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 #: live stream counts the scaling part tries, in order, up to ``--scaling-max``
 STREAM_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -490,7 +486,8 @@ def scaling_step(status_path: Path, n: int, warmup_s: float, target_fps: float
     return {"streams": n, "sustained": sustained,
             "fps_out": [round(v, 2) for v in fps_out],
             "dropped_fraction": [round(v, 4) for v in dropped], "measured_s": round(dt, 1),
-            "latency_p95_s": round(_percentile(latencies, 95), 3) if latencies else None,
+            "latency_p95_s": round(float(np.percentile(latencies, 95, method="inverted_cdf")),
+                                   3) if latencies else None,
             "degrade_step_max": max(steps) if steps else 0}
 
 
