@@ -150,19 +150,24 @@ class DetectorSettings:
         self.max_batch = max(1, int(max_batch))
         self.upscale = bool(upscale)
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (height, width) a frame is resized to before the network."""
+    def input_size(self, height: int, width: int, upscale: bool | None = None
+                   ) -> tuple[int, int]:
+        """The (height, width) a frame is resized to before the network (``upscale``:
+        None, the detector's own setting; False, never enlarged for this call)."""
         if min(height, width) < 1:
             raise GimefiveError(f"cannot detect faces in an empty {width}x{height} frame")
         scale = self.max_side / max(height, width)
-        if not self.upscale:
+        if not (self.upscale if upscale is None else upscale):
             scale = min(1.0, scale)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
+    def detect(self, frames: list[np.ndarray], upscale: bool | None = None
+               ) -> list[Detections]:
         """One :class:`Detections` per frame (BGR uint8 ``HxWx3``, any mix of sizes).
 
         An empty frame (a side of 0 pixels) has no faces; it never reaches the network.
+        ``upscale=False`` skips the enlargement for this call (the cheap pass of
+        ``detect_upscale_every``); None keeps the detector's setting.
         """
         results: list[Detections | None] = [None] * len(frames)
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -175,13 +180,14 @@ class DetectorSettings:
         for (height, width), indices in groups.items():
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                found = self._detect_same_size([frames[i] for i in chunk], height, width)
+                found = self._detect_same_size([frames[i] for i in chunk], height, width,
+                                               upscale)
                 for i, det in zip(chunk, found, strict=True):
                     results[i] = det
         return results  # type: ignore[return-value]
 
-    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int
-                          ) -> list[Detections]:
+    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int,
+                          upscale: bool | None = None) -> list[Detections]:
         raise NotImplementedError
 
 
@@ -200,9 +206,9 @@ class FaceDetector(DetectorSettings):
                          max_batch, upscale)
         self.session = _open_session(threads)
 
-    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int
-                          ) -> list[Detections]:
-        in_h, in_w = self.input_size(height, width)
+    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int,
+                          upscale: bool | None = None) -> list[Detections]:
+        in_h, in_w = self.input_size(height, width, upscale)
         interpolation = cv2.INTER_AREA if in_w < width else cv2.INTER_LINEAR
         small = frames if (in_h, in_w) == (height, width) else [
             cv2.resize(f, (in_w, in_h), interpolation=interpolation) for f in frames]

@@ -314,7 +314,8 @@ class TorchFaceDetector(DetectorSettings):
         self.mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
 
     @torch.inference_mode()
-    def detect_tensor(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def detect_tensor(self, frames: torch.Tensor, upscale: bool | None = None
+                      ) -> tuple[torch.Tensor, ...]:
         """Faces in a batch of same-sized BGR uint8 frames ``[B,H,W,3]`` (any device).
 
         Returns padded tensors on the detector's device, best score first per frame:
@@ -322,7 +323,7 @@ class TorchFaceDetector(DetectorSettings):
         and ``counts [B]`` (rows past a frame's count are padding).
         """
         batch, height, width = frames.shape[:3]
-        in_h, in_w = self.input_size(height, width)
+        in_h, in_w = self.input_size(height, width, upscale)
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = resize_like_opencv(x, in_h, in_w, area=in_w < width) - self.mean
         loc, conf, marks = (t.float() for t in self.net(x.half() if self.half else x))
@@ -357,12 +358,13 @@ class TorchFaceDetector(DetectorSettings):
         return (boxes.gather(1, pick.expand(-1, -1, 4)), best.gather(1, rows),
                 points.gather(1, pick[..., None].expand(-1, -1, 5, 2)), keep.sum(dim=1))
 
-    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int
-                          ) -> list[Detections]:
+    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int,
+                          upscale: bool | None = None) -> list[Detections]:
         batch = torch.from_numpy(np.stack(frames))
         if self.device.type == "cuda":
             batch = batch.pin_memory()
-        boxes, scores, points, counts = (t.cpu().numpy() for t in self.detect_tensor(batch))
+        boxes, scores, points, counts = (t.cpu().numpy()
+                                         for t in self.detect_tensor(batch, upscale))
         return [Detections(np.ascontiguousarray(boxes[i, :n], np.float32),
                            np.ascontiguousarray(scores[i, :n], np.float32),
                            np.ascontiguousarray(points[i, :n], np.float32))

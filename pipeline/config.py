@@ -86,6 +86,12 @@ class AnnotateConfig:
     detect_upscale: bool = setting(False, help="Also enlarge smaller frames to the detect "
                                    "size: finds faces under about 30 px (wide shots), at "
                                    "several times the detector's cost.")
+    detect_upscale_every: int = setting(3, help="With detect_upscale: the enlarged pass on "
+                                        "every Nth detected frame only; the others are "
+                                        "detected at the frame's own size (about a quarter "
+                                        "of the cost), and faces the enlarged pass found "
+                                        "that they miss are carried, moved at their speed.",
+                                        **POSITIVE)
     detect_score: float = setting(0.6, min=0, max=1, help="Detector confidence a face needs.")
     detect_nms: float = setting(0.4, min=0, max=1, help="Overlap (IoU) above which the "
                                 "weaker of two detections is dropped.")
