@@ -102,8 +102,9 @@ class AnnotateConfig:
                                         "fuller detector batch, ms.")
     detect_replicas: int = setting(0, min=0, max=64, help="Detect processes for one stream, frames "
                                    "shared out in turn and put back in order after them; 0: "
-                                   "from the cores (one per 4, at most 8; 1 on a GPU or with "
-                                   "detect_every above 1).")
+                                   "from the cores (one per 4, at most 8; 1 on a GPU, with "
+                                   "detect_every above 1, or with detect_upscale and "
+                                   "detect_upscale_every above 1).")
     min_face: float = setting(8.0, min=0, help="Smaller boxes (px, full frame) are ignored.")
     # tracker
     track_iou: float = setting(0.3, min=0, max=1, help="Overlap (IoU) that continues a track.")

@@ -9,7 +9,8 @@ each stage remembers from frame to frame (:data:`SPLIT`):
   stream (``seq % N``), and the stage after them puts the frames back in order. A frame
   is detected without the others -- with ``detect_every`` 1. Above 1 the boxes between
   detections come from the detections before them, so detect then runs once (asking for
-  more is refused).
+  more is refused); likewise with ``detect_upscale`` and ``detect_upscale_every`` above 1,
+  where the cheap passes keep faces from the enlarged ones.
 * ``tracks`` (classify): it keeps per-track state (the schedule, the smoothing, the
   stable label), so every frame goes to every replica, each with only the faces of its
   tracks (``track_id % N``). A track is always measured by the same replica, which sees
@@ -92,12 +93,15 @@ def replica_counts(config: Any, cores: int | None = None) -> dict[str, int]:
         if asked == 0:
             auto = auto_replicas(config.device, cores) if auto is None else auto
         counts[name] = asked or auto
-    if config.detect_every > 1 and counts["detect"] > 1:
+    carries = ("detect_every", config.detect_every) if config.detect_every > 1 else (
+        ("detect_upscale_every", config.detect_upscale_every)
+        if config.detect_upscale and config.detect_upscale_every > 1 else None)
+    if carries and counts["detect"] > 1:
         if config.detect_replicas > 1:
             raise GimefiveError(
-                f"detect_replicas {config.detect_replicas} needs detect_every 1 (got "
-                f"{config.detect_every}): the boxes between detections come from the "
-                f"detections before them, which another replica would hold")
+                f"detect_replicas {config.detect_replicas} needs {carries[0]} 1 (got "
+                f"{carries[1]}): some boxes come from the detections before them, which "
+                f"another replica would hold")
         counts["detect"] = 1
     return counts
 
