@@ -36,6 +36,7 @@ from typing import Any
 import av
 from gimefive.pipeline.probe import open_options
 from gimefive.pipeline.readers import (
+    BgrConverter,
     FileReader,
     Frame,
     InputReader,
@@ -156,6 +157,7 @@ class RtspReader(InputReader):
         self.size: tuple[int, int] | None = None
         self._clock0 = time.monotonic()
         self._container: Any = None
+        self._to_bgr = BgrConverter(threads)  # one for the run: reconnects keep it
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
@@ -282,7 +284,7 @@ class RtspReader(InputReader):
             raise StreamLost(f"read failed: {reason(exc)}") from None
 
     def _make(self, frame: av.VideoFrame) -> Frame:
-        image = frame.to_ndarray(format="bgr24")
+        image = self._to_bgr(frame)
         self.size = (image.shape[1], image.shape[0])
         pts = round((time.monotonic() - self._clock0) / self.time_base)
         out = Frame(self.counters.decoded, pts, image, time.time(),
