@@ -35,10 +35,9 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 def cam_to_frame(cam: np.ndarray, crop: np.ndarray, x: float, y: float) -> tuple[float, float]:
     """Frame coordinates of the point (x, y) given in CAM cells (0..w, 0..h)."""
     h, w = cam.shape
-    inverse = cv2.invertAffineTransform(crop_matrix(crop, 1))
+    (a, b, c), (d, e, f) = cv2.invertAffineTransform(crop_matrix(crop, 1)).tolist()
     px, py = x / w, y / h
-    return (float(inverse[0, 0] * px + inverse[0, 1] * py + inverse[0, 2]),
-            float(inverse[1, 0] * px + inverse[1, 1] * py + inverse[1, 2]))
+    return float(a * px + b * py + c), float(d * px + e * py + f)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import av
 import numpy as np
-from gimefive.pipeline.encoder import add_video_stream, pick_codec
+from gimefive.pipeline.encoder import add_video_stream, pick_codec, video_frame
 from gimefive.pipeline.messages import TrackedMsg
 from gimefive.pipeline.sinks import Sink
 from gimefive.pipeline.timestamps import IncreasingPts
@@ -136,7 +136,7 @@ class SegmentWriter:
         if self.container is None:
             self._start_segment(image, t)
         pts = self.clock(round((t - self.segment_start) / SEGMENT_TIME_BASE))
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        frame = video_frame(image)
         frame.pts, frame.time_base = pts, SEGMENT_TIME_BASE
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
@@ -254,7 +254,7 @@ class RtspPushSink:
         if self.t0 is None:
             self.t0 = t
         pts = self.clock(round((t - self.t0) / SEGMENT_TIME_BASE))
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        frame = video_frame(image)
         frame.pts, frame.time_base = pts, SEGMENT_TIME_BASE
         try:
             self.container.mux(self.stream.encode(frame))

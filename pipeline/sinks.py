@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gimefive.pipeline.encoder import add_video_stream, pick_codec
+from gimefive.pipeline.encoder import add_video_stream, pick_codec, video_frame
 from gimefive.pipeline.messages import TrackedMsg
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 from gimefive.pipeline.wallclock import utc_fields
@@ -192,11 +192,9 @@ class VideoFileSink(Sink):
             self.next_audio = next(self.audio_packets, None)
 
     def write(self, msg: TrackedMsg, image: np.ndarray | None) -> None:
-        import av
-
         if self.container is None:
             self._open(msg)
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame = video_frame(image)
         frame.pts = self.clock(msg.pts)
         frame.time_base = self.stream.time_base
         for packet in self.stream.encode(frame):
@@ -225,7 +223,7 @@ def cam_summary(msg: TrackedMsg, i: int) -> dict[str, Any] | None:
     from gimefive.pipeline.draw import cam_to_frame
 
     cam = msg.cam[i]
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    r, c = divmod(int(np.argmax(cam)), cam.shape[1])  # np.unravel_index for 2-D
     x, y = cam_to_frame(cam, msg.crops[i], c + 0.5, r + 0.5)
     return {"layer": msg.cam_layer, "peak": [round(x, 1), round(y, 1)],
             "mean": round(float(cam.mean()), 4), "shape": list(cam.shape),
@@ -233,30 +231,44 @@ def cam_summary(msg: TrackedMsg, i: int) -> dict[str, Any] | None:
 
 
 def frame_record(msg: TrackedMsg) -> dict[str, Any]:
-    """The JSON-lines record of one frame."""
+    """The JSON-lines record of one frame.
+
+    Arrays become Python numbers once per frame (``tolist``: the same values as
+    ``float()``/``int()`` of each element, a tenth of the cost), then are rounded one by
+    one with ``round``; NumPy's own rounding of float32 can differ in the last digit.
+    """
+    boxes, scores, marks = msg.boxes.tolist(), msg.scores.tolist(), msg.landmarks.tolist()
+    probs, smoothed, labels = msg.probs.tolist(), msg.smoothed.tolist(), msg.labels.tolist()
+    marks68 = None if msg.landmarks68 is None else msg.landmarks68.tolist()
     faces = []
-    for i in range(len(msg.boxes)):
-        label = int(msg.labels[i])
+    for i, (tid, uncertain, measured, age) in enumerate(zip(
+            msg.track_ids.tolist(), msg.uncertain.tolist(), msg.measured.tolist(),
+            msg.result_age.tolist(), strict=True)):
+        label = labels[i]
         faces.append({
-            "track_id": int(msg.track_ids[i]),
-            "box": [round(float(v), 1) for v in msg.boxes[i]],
-            "score": round(float(msg.scores[i]), 4),
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in msg.landmarks[i]],
-            "probs": [round(float(p), 4) for p in msg.probs[i]],
-            "smoothed": [round(float(p), 4) for p in msg.smoothed[i]],
+            "track_id": tid, "box": _rounded(boxes[i], 1), "score": round(scores[i], 4),
+            "landmarks": [_rounded(point, 1) for point in marks[i]],
+            "probs": _rounded(probs[i], 4), "smoothed": _rounded(smoothed[i], 4),
             "label": EMOTIONS[label], "label_index": label,
-            "confidence": round(float(msg.smoothed[i, label]), 4),
-            "uncertain": bool(msg.uncertain[i]),
-            "measured": bool(msg.measured[i]), "result_age": int(msg.result_age[i]),
+            "confidence": round(smoothed[i][label], 4),
+            "uncertain": uncertain, "measured": measured, "result_age": age,
             "cam": cam_summary(msg, i),
         })
-        if msg.landmarks68 is not None:
-            faces[-1]["landmarks68"] = [[round(float(x), 1), round(float(y), 1)]
-                                        for x, y in msg.landmarks68[i]]
+        if marks68 is not None:
+            faces[-1]["landmarks68"] = [_rounded(point, 1) for point in marks68[i]]
     pts = msg.pts_seconds
     return {"stream": msg.stream, "frame": msg.index,
             "pts": None if pts is None else round(pts, 6), "detected": msg.detected,
             "faces": faces}
+
+
+def _rounded(values: list[float], digits: int) -> list[float]:
+    return [round(v, digits) for v in values]
+
+
+#: ``json.dumps(record, separators=(",", ":"))`` made once, not per line (records are
+#: fresh trees of dicts and lists, so the check for cycles is left out)
+LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 class JsonLinesSink(Sink):
@@ -285,7 +297,7 @@ class JsonLinesSink(Sink):
         record |= utc_fields(msg.extra)  # a live frame's UTC time and where it came from
         if self.blur_faces:
             record["blur_faces"] = True
-        self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.file.write(LINE_ENCODER.encode(record) + "\n")
 
     def close(self) -> None:
         self.file.close()

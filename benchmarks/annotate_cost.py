@@ -1,0 +1,172 @@
+"""The annotate stage's per-frame CPU, piece by piece, and the colours of its video.
+
+``python benchmarks/annotate_cost.py CLIP [--json LINES] [--frames 200] [--rounds 3]``
+
+* ``encode``: each frame through libx264 (the file sink's settings: CRF 20, veryfast, one
+  thread), three ways interleaved over ``--rounds``, medians: ``copy`` hands the BGR
+  frame over copied (``from_ndarray``, the way before), ``wrap`` wrapped
+  (:func:`gimefive.pipeline.encoder.video_frame`); the encoder's libswscale converts
+  both to 4:2:0. ``opencv_i420`` (not used) converts with ``cv2.COLOR_BGR2YUV_I420``
+  instead. Then the videos' sizes, and each decoded (FFmpeg's BT.601 limited-range
+  default) against the frames given: mean absolute and mean signed difference per
+  channel (B, G, R) and the 99th percentile of the absolute difference.
+* ``draw`` and ``json`` (with ``--json``, the JSON lines a run wrote for this clip): the
+  run's faces drawn on the clip's frames as the stage does (``draw_faces`` on a copy,
+  default options), and each frame's JSON line built. The lines carry no Grad-CAM maps,
+  so each track gets a made-up 4x4 map (seeded), renewed on the frames its line says its
+  map was computed, as the stage sees them. The drawn frames are then what ``encode``
+  encodes (sharp coloured edges: where 4:2:0 conversions differ most).
+
+CPU time (``time.process_time``, all threads) per frame. Not a test: the numbers depend
+on the machine and its load; run it on a quiet one, or compare the ways only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+from gimefive.pipeline.config import AnnotateConfig
+from gimefive.pipeline.crops import crop_geometry
+from gimefive.pipeline.draw import draw_faces
+from gimefive.pipeline.encoder import add_video_stream, video_frame
+from gimefive.pipeline.messages import TrackedMsg
+from gimefive.pipeline.sinks import LINE_ENCODER, frame_record
+
+from gimefive.labels import EMOTIONS
+
+
+def read_frames(path: str, count: int) -> list[np.ndarray]:
+    with av.open(path) as container:
+        return [f.to_ndarray(format="bgr24")
+                for _, f in zip(range(count), container.decode(video=0), strict=False)]
+
+
+def copied_frame(image: np.ndarray) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(image, format="bgr24")
+
+
+def opencv_i420_frame(image: np.ndarray) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420),
+                                      format="yuv420p")
+
+
+def encode(frames: list[np.ndarray], make_frame) -> tuple[float, bytes]:
+    """CPU ms per frame to convert and encode, and the MP4 written."""
+    height, width = frames[0].shape[:2]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = add_video_stream(out, "libx264", width, height, Fraction(25),
+                                  Fraction(1, 25), 20, "veryfast", threads=1)
+        start = time.process_time()
+        for i, image in enumerate(frames):
+            frame = make_frame(image)
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+        ms = (time.process_time() - start) / len(frames) * 1000
+    return ms, buffer.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([f.to_ndarray(format="bgr24") for f in container.decode(video=0)])
+
+
+def colour_report(frames: list[np.ndarray], videos: dict[str, bytes]) -> dict:
+    given = np.stack(frames).astype(np.int16)
+    report = {}
+    for name, data in videos.items():
+        diff = (decode(data).astype(np.int16) - given).reshape(-1, 3)
+        report[name] = {"mad_bgr": np.abs(diff).mean(0).round(3).tolist(),
+                        "mean_diff_bgr": diff.mean(0).round(3).tolist(),
+                        "p99_abs_bgr": np.percentile(np.abs(diff), 99, axis=0).tolist()}
+    return report
+
+
+def messages(lines_path: str, frames: list[np.ndarray]) -> list[TrackedMsg]:
+    """The run's faces as the annotate stage receives them (made-up Grad-CAM maps)."""
+    config, rng, maps = AnnotateConfig(), np.random.default_rng(0), {}
+    out = []
+    with open(lines_path) as lines:
+        for image, line in zip(frames, lines, strict=False):  # --frames of them
+            rec = json.loads(line)
+            faces = rec["faces"]
+            boxes = np.array([f["box"] for f in faces], np.float32).reshape(-1, 4)
+            marks = np.array([f["landmarks"] for f in faces], np.float32).reshape(-1, 5, 2)
+            cams = []
+            for f in faces:
+                key = (f["track_id"], (f["cam"] or {}).get("frame"))
+                cams.append(maps.setdefault(key, rng.random((4, 4)).astype(np.float32)))
+            out.append(TrackedMsg(
+                stream=rec["stream"], index=rec["frame"], pts=rec["frame"], time_base=[1, 25],
+                rate=[25, 1], detected=rec["detected"], image=image, boxes=boxes,
+                scores=np.array([f["score"] for f in faces], np.float32),
+                landmarks=marks,
+                track_ids=np.array([f["track_id"] for f in faces], np.int64),
+                probs=np.array([f["probs"] for f in faces], np.float32).reshape(-1, 6),
+                smoothed=np.array([f["smoothed"] for f in faces], np.float32).reshape(-1, 6),
+                labels=np.array([EMOTIONS.index(f["label"]) for f in faces], np.int64),
+                uncertain=np.array([f["uncertain"] for f in faces], bool),
+                measured=np.array([f["measured"] for f in faces], bool),
+                result_age=np.array([f["result_age"] for f in faces], np.int64),
+                cam=np.array(cams, np.float32).reshape(-1, 4, 4),
+                cam_from=np.array([(f["cam"] or {}).get("frame", -1) for f in faces], np.int64),
+                crops=crop_geometry(boxes, marks, config.crop_scale, config.align,
+                                    config.crop_shift_y)))
+    return out
+
+
+def per_frame_ms(work, items) -> float:
+    start = time.process_time()
+    for item in items:
+        work(item)
+    return (time.process_time() - start) / len(items) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("clip")
+    parser.add_argument("--json", help="the JSON lines a run wrote for CLIP (draw, json)")
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", help="write the results here as JSON")
+    args = parser.parse_args()
+    frames = read_frames(args.clip, args.frames)
+    result: dict = {"frames": len(frames), "size": list(frames[0].shape[:2])}
+    if args.json:
+        msgs = messages(args.json, frames)
+        draw = [per_frame_ms(lambda m: draw_faces(np.array(m.image), m), msgs)
+                for _ in range(args.rounds)]
+        lines = [per_frame_ms(lambda m: LINE_ENCODER.encode(frame_record(m)), msgs)
+                 for _ in range(args.rounds)]
+        result |= {"faces_per_frame": round(sum(len(m.boxes) for m in msgs) / len(msgs), 2),
+                   "draw_cpu_ms_per_frame": round(float(np.median(draw)), 2),
+                   "json_cpu_ms_per_frame": round(float(np.median(lines)), 3)}
+        frames = [draw_faces(np.array(m.image), m) for m in msgs]  # encode what is drawn
+    ways = {"copy": copied_frame, "wrap": video_frame, "opencv_i420": opencv_i420_frame}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    videos: dict[str, bytes] = {}
+    for _ in range(args.rounds):
+        for name, make in ways.items():
+            ms, videos[name] = encode(frames, make)
+            times[name].append(ms)
+    result |= {"encode_cpu_ms_per_frame": {k: round(float(np.median(v)), 2)
+                                           for k, v in times.items()},
+               "video_bytes": {k: len(v) for k, v in videos.items()},
+               "colours": colour_report(frames, videos)}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
