@@ -92,8 +92,11 @@ class LiveOptions:
                                    "reconnect attempts.")
     max_reconnects: int = setting(NEVER_GIVE_UP, min=NEVER_GIVE_UP, help="Failed reconnect "
                                   "attempts in a row before a camera is given up; -1: never.")
-    queue_size: int = setting(2, min=1, help="Decoded frames waiting to be sent; when full "
-                              "the oldest is dropped (and counted).")
+    queue_size: int = setting(8, min=1, help="Decoded frames waiting to be sent; when full "
+                              "the oldest is dropped (and counted). 8 (a third of a second "
+                              "at 25 fps) absorbs a burst, such as five new faces "
+                              "measured at once, that 2 frames could not; the run degrades "
+                              "when it stays full.")
     loop_files: bool = setting(True, help="A video file source restarts at its end "
                                "(test feeds).")
 

@@ -182,3 +182,22 @@ def test_a_face_that_looks_different_is_measured_again(astronaut_bgr):
     assert not schedule.plan(1, ids, box, looks=looks[1:2]).measure[0]
     assert schedule.plan(2, ids, box, looks=looks[2:3]).measure[0]
     assert not schedule.plan(3, ids, box, looks=looks[3:4]).measure[0]
+
+
+def test_degraded_a_moving_face_is_measured_at_most_every_scale_frames():
+    """A face moving 20 px (half its side) a frame: measured on every frame as normal;
+    degraded to scale 4 (a live run behind), at most every 5 x 4 / 2 = 10 frames (the
+    first re-measurement comes with the spread-out interval, 1 + 7 % 20 = 8 frames on)."""
+    def measured(scale):
+        schedule = StreamSchedule(ScheduleSettings(every=5, cam=False))
+        out = []
+        for i in range(21):
+            plan = schedule.plan(i, np.array([7]), boxes_at(20 * i), scale=scale)
+            probs = np.stack([onehot(0)] * int(plan.measure.sum())) if plan.measure.any() \
+                else np.zeros((0, 6), np.float32)
+            schedule.record(i, np.array([7]), plan, probs, None)
+            out.append(bool(plan.measure[0]))
+        return [i for i, m in enumerate(out) if m]
+
+    assert measured(1) == list(range(21))
+    assert measured(4) == [0, 8, 18]
