@@ -65,6 +65,9 @@ def main(before_path: str, after_path: str) -> None:
             f"{st['streams']}: fps {st['fps_out']}, dropped {st['dropped_fraction']}, "
             f"p95 {st.get('latency_p95_s', '-')} s, step {st.get('degrade_step_max', '-')}"
             f" -> {'yes' if st['sustained'] else 'no'}" for st in s.get("steps", []))
+        if not s:
+            print(f"- {label}: not measured (scaling skipped)")
+            continue
         print(f"- {label}: **{s.get('streams_sustained')} sustained** ({steps})")
 
 
