@@ -66,9 +66,9 @@ CARRY_IOU = 0.3
 #: below this side (px at the network's input) a detection of the own-size pass yields to
 #: the carried face it overlaps: the enlarged pass saw that face with four times the
 #: pixels, and its box, moved, matches the face better. On the bench's wide scene with
-#: every 3rd detected frame enlarged: 1011 faces matched with this rule, 1005 without,
-#: 1006 enlarging every frame (``python benchmarks/two_scale_detect.py --every 1,3
-#: --small-side 0,40``; 48 px gave the same as 40, 32 px and 64 px less)
+#: every 3rd detected frame enlarged, faces matched: 1005 without the rule, 1007 (32 px),
+#: 1011 (40 and 48 px), 1010 (64 px); 1006 enlarging every frame (``python
+#: benchmarks/two_scale_detect.py --every 3 --small-side 0,32,40,48,64``)
 SMALL_SIDE = 40
 #: ``extra["_detect"]`` values: not detected, the detector's own setting, own size only
 SKIP, DETECT, OWN_SIZE = 0, 1, 2
