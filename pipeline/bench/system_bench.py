@@ -136,13 +136,16 @@ def score(truth: dict | None, boxes: list) -> dict[str, Any]:
 # ----------------------------------------------------------------- decode, detect only
 
 def decode_frames(path: str, threads: int) -> list:
+    """Every frame of ``path`` as BGR, decoded and converted as the source stage does."""
     import av
+    from gimefive.pipeline.readers import BgrConverter
 
+    to_bgr = BgrConverter(threads)
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = max(1, threads)
-        return [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
+        return [to_bgr(f) for f in container.decode(stream)]
 
 
 def bench_decode(path: str, repeat: int, threads: int) -> dict[str, Any]:
