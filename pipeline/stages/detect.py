@@ -196,9 +196,9 @@ class DetectStage(Stage):
                 det = with_carried(found[id(m)], carried, SMALL_SIDE * width / in_width)
             else:
                 det = motion.predict(m.index, width, height)
-            if kind != SKIP:
-                motion.update(m.index, det)
             detected = kind != SKIP
+            if detected:
+                motion.update(m.index, det)
             self.count("faces", len(det))
             out.append(DetectionsMsg(**m.frame_fields(), detected=detected, boxes=det.boxes,
                                      scores=det.scores, landmarks=det.landmarks))
