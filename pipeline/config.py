@@ -139,7 +139,11 @@ class AnnotateConfig:
     # encoding
     codec: str = setting("libx264", help="Video encoder; falls back to mpeg4 when absent.")
     crf: int = setting(20, min=0, max=51, help="Encoder quality (lower: better, larger).")
-    preset: str = setting("veryfast", help="Encoder speed preset.")
+    preset: str = setting("veryfast", help="Encoder speed preset of video files.")
+    live_preset: str = setting("ultrafast", help="Encoder speed preset of live outputs "
+                               "(segments, RTSP push): a camera cannot wait, and veryfast "
+                               "took twice the CPU a frame (docs/performance.md), about a "
+                               "quarter of a 3-camera run's budget; the video is larger.")
     encoder_threads: int = setting(1, help="Encoder threads.", **POSITIVE)
     audio: bool = setting(True, help="Copy the input's audio to the output.")
     # process layout

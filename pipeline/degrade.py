@@ -23,7 +23,7 @@ from typing import Any
 #: per step, the multipliers of (detect_every, classify_every, cam_every)
 LADDER: tuple[tuple[int, int, int], ...] = (
     (1, 1, 1), (1, 1, 2), (1, 2, 2), (1, 2, 4), (2, 2, 4), (2, 4, 8), (3, 4, 8), (4, 8, 8),
-    (6, 8, 16), (8, 8, 16))
+    (6, 8, 16), (8, 8, 16), (8, 16, 32), (12, 16, 32), (16, 16, 32))
 #: the frame field that carries the step
 KEY = "degrade"
 #: at most one step up per this many seconds (a step needs time to show its effect)

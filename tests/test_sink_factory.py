@@ -52,6 +52,22 @@ def test_sinks_are_built_from_their_specs(tmp_path):
     assert isinstance(push, RtspSink)
 
 
+def test_live_outputs_encode_with_the_live_preset_and_files_with_the_file_preset(tmp_path):
+    """A camera cannot wait: segments and RTSP push use ``live_preset``; a file, which
+    can take its time, ``preset``."""
+    config = AnnotateConfig(preset="slow", live_preset="superfast")
+    jobs = {"segments": {"output": "cam.mp4", "live": True},
+            "rtsp": {"output": "rtsp://h:8554/out", "live": True},
+            "mp4": {"output": "a.mp4"}}
+    presets = {kind: sink_specs(job, config)[0].options["preset"] for kind, job in jobs.items()}
+    assert presets == {"segments": "superfast", "rtsp": "superfast", "mp4": "slow"}
+    writer = SegmentWriter(tmp_path / "s.mp4", preset=presets["segments"])
+    writer.write(tracked(0, 0).image.copy(), 0.0)
+    writer.close()
+    with av.open(str(next(tmp_path.glob("s_*.mp4")))) as container:
+        assert len(list(container.decode(video=0))) == 1
+
+
 def test_json_lines_truncate_for_files_and_append_with_counters_for_cameras(tmp_path):
     path = tmp_path / "f.jsonl"
     path.write_text('{"old": 1}\n')
