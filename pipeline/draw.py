@@ -150,14 +150,40 @@ def overlay_full(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.n
     cv2.addWeighted(warped, opacity, pixels, 1 - opacity, 0, dst=pixels)
 
 
+def _peak_roi(smooth: np.ndarray, crop: np.ndarray, roi: tuple[int, int, int, int]
+              ) -> tuple[int, int, int, int] | None:
+    """The part of ``roi`` that a map cell above :data:`PEAK_FROM` can colour (None:
+    none). Bilinear warping gives a frame pixel a value above it only if its point in the
+    map lies within one cell of such a cell, so the pixels outside stay as they were; the
+    peak is usually a third of the box or less, and the rest cost as much to leave
+    untouched as to colour (benchmarks/annotate_cost.py)."""
+    rows, cols = np.nonzero(smooth > PEAK_FROM)
+    if not len(rows):
+        return None
+    corners = np.array([[cols.min() - 1, rows.min() - 1], [cols.max() + 1, rows.min() - 1],
+                        [cols.min() - 1, rows.max() + 1], [cols.max() + 1, rows.max() + 1]],
+                       np.float64)
+    back = cv2.invertAffineTransform(crop_matrix(crop, smooth.shape[0]))
+    points = corners @ back[:, :2].T + back[:, 2]
+    (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
+    x1, y1 = max(roi[0], int(np.floor(left)) - 1), max(roi[1], int(np.floor(top)) - 1)
+    x2, y2 = min(roi[2], int(np.ceil(right)) + 2), min(roi[3], int(np.ceil(bottom)) + 2)
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
 def overlay_peak(image: np.ndarray, cam: np.ndarray, crop: np.ndarray, box: np.ndarray,
                  style: Style, opacity: float) -> None:
     """Colour only where the map is above :data:`PEAK_FROM`, its opacity rising with the
-    map to ``opacity`` at the maximum: the rest of the face is untouched."""
+    map to ``opacity`` at the maximum: the rest of the face is untouched (and not
+    computed: :func:`_peak_roi`)."""
     roi = _roi(image, box)
     if roi is None or cam.size == 0:
         return
-    heat = _warp_to_roi(_heat(cam), crop, roi, cv2.BORDER_CONSTANT)  # outside the crop: 0
+    smooth = _heat(cam)
+    roi = _peak_roi(smooth, crop, roi)
+    if roi is None:
+        return
+    heat = _warp_to_roi(smooth, crop, roi, cv2.BORDER_CONSTANT)  # outside the crop: 0
     alpha = (opacity / (1 - PEAK_FROM)) * np.clip(heat - PEAK_FROM, 0, 1 - PEAK_FROM)
     x1, y1, x2, y2 = roi
     pixels = image[y1:y2, x1:x2]
