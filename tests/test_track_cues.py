@@ -79,3 +79,33 @@ def test_velocity_is_a_smoothed_step_per_frame_for_each_track():
     np.testing.assert_allclose(by_id[2].velocity, [-1.5, 1])
     np.testing.assert_array_equal(by_id[2].box, moved[1])
     assert by_id[1].last_index == by_id[2].last_index == 2
+
+
+def test_the_stage_learns_a_face_colour_cue_on_detected_frames_only():
+    """A box carried between detections (``detected`` False) may sit on the background:
+    the track keeps the cue of its detections, so the face detected again in a new
+    place is re-linked to its track rather than given a new one."""
+    from gimefive.pipeline.config import AnnotateConfig
+    from gimefive.pipeline.messages import DetectionsMsg
+    from gimefive.pipeline.stages.track import TrackStage
+
+    image = np.full((240, 320, 3), (30, 160, 40), np.uint8)  # green background
+    image[40:120, 40:120] = noisy_face(80)
+    image[130:210, 150:230] = noisy_face(80, seed=1)  # the face has moved there
+
+    def msg(index, box, detected):
+        return DetectionsMsg(stream="s", index=index, pts=index, time_base=[1, 25],
+                             image=image, detected=detected,
+                             boxes=np.array([box], np.float32),
+                             scores=np.ones(1, np.float32),
+                             landmarks=np.zeros((1, 5, 2), np.float32))
+
+    stage = TrackStage(AnnotateConfig())
+    stage.setup()
+    ids = [stage.process(msg(0, (40, 40, 120, 120), True))[0].track_ids.tolist()]
+    learnt = stage.trackers["s"].tracks[0].look.copy()
+    for i in range(1, 8):  # carried onto the green background, not on a face
+        ids.append(stage.process(msg(i, (40, 130, 120, 210), False))[0].track_ids.tolist())
+    assert np.array_equal(stage.trackers["s"].tracks[0].look, learnt)
+    ids.append(stage.process(msg(8, (150, 130, 230, 210), True))[0].track_ids.tolist())
+    assert ids == [[1]] * 9  # re-linked by its colours: no new track
