@@ -154,6 +154,31 @@ def test_scaling_step_reads_status_records(tmp_path):
     assert one["sustained"] is False and "status records" in one["error"]
 
 
+def test_scaling_step_gives_each_stages_cpu_per_frame_written(tmp_path):
+    def record(t, written, detect_s, annotate_s, restarts):
+        return {"kind": "status", "uptime_s": t,
+                "streams": {"cam0": {"written": written, "decoded": written, "dropped": 0}},
+                "stages": {"detect": {"cpu_s": detect_s, "restarts": 0},
+                           "annotate": {"cpu_s": annotate_s, "restarts": restarts},
+                           "track": {"cpu_s": None, "restarts": 0}}}
+    status = tmp_path / "s.jsonl"
+    status.write_text("\n".join(json.dumps(r) for r in [
+        record(1, 5, 0.5, 0.2, 0), record(11, 255, 1.5, 0.1, 1)]) + "\n")
+    step = system_bench.scaling_step(status, 1, warmup_s=0, target_fps=25)
+    # 1 s of detect CPU over 250 frames; annotate restarted (its CPU from 0), track dead
+    assert step["cpu_ms_per_frame"] == {"detect": 4.0}
+
+
+def test_steal_share_is_the_eighth_counter_of_the_cpu_time():
+    from gimefive.pipeline.bench.machine import cpu_times, steal_share
+
+    assert steal_share([100, 0, 50, 800, 0, 0, 0, 0], [300, 0, 150, 1400, 0, 0, 0, 100]) \
+        == 0.1
+    assert steal_share(None, [1] * 8) is None and steal_share([1] * 8, [1] * 8) is None
+    now = cpu_times()
+    assert now is None or (len(now) >= 8 and all(v >= 0 for v in now))
+
+
 def test_ratios():
     res = {"decode": {"fps": {"median": 400.0}},
            "pipeline": {"fps": {"median": 20.0}, "frames": 100, "faces_found": 480,

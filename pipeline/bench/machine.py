@@ -40,6 +40,27 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``'s first line, in ticks), None where
+    there is no /proc (not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of the CPU time between two :func:`cpu_times` that the hypervisor gave to
+    other guests (steal, the 8th counter): on a shared virtual machine the same run can
+    be a third slower when it is high, so a live figure is read with it."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(spent)
+    return round(spent[7] / total, 4) if total > 0 else None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, OS, library versions, commit and the load at the start."""
     import av

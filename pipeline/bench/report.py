@@ -132,11 +132,21 @@ def scaling_lines(s: dict[str, Any]) -> list[str]:
            ">= 95% of the frame rate written, <= 2% dropped), annotated video and JSON "
            "lines written.", "",
            "| streams | written fps per stream | dropped | latency p95 s | degrade step "
-           "| real time |", "| ---: | --- | --- | ---: | ---: | --- |"]
+           "| real time | CPU ms / frame, all stages | host steal |",
+           "| ---: | --- | --- | ---: | ---: | --- | ---: | ---: |"]
     for st in s["steps"]:
+        cpu = st.get("cpu_ms_per_frame") or {}
+        steal = st.get("steal_share")
         out.append(f"| {st['streams']} | {st['fps_out']} | {st['dropped_fraction']} "
                    f"| {st.get('latency_p95_s', '-')} | {st.get('degrade_step_max', '-')} "
-                   f"| {'yes' if st['sustained'] else 'no'} |")
+                   f"| {'yes' if st['sustained'] else 'no'} "
+                   f"| {round(sum(cpu.values()), 1) if cpu else '-'} "
+                   f"| {'-' if steal is None else f'{100 * steal:.1f}%'} |")
+    out += ["", "CPU ms per frame written, by stage (from the status records; a source "
+            "counts for all streams' frames):", ""]
+    out += [f"- {st['streams']} stream(s): " + ", ".join(
+        f"{name} {ms}" for name, ms in (st.get("cpu_ms_per_frame") or {}).items())
+        for st in s["steps"] if st.get("cpu_ms_per_frame")]
     return out
 
 

@@ -43,7 +43,12 @@ from typing import Any
 
 import numpy as np
 from gimefive.pipeline.bench import bench_file
-from gimefive.pipeline.bench.machine import load_average, machine_info
+from gimefive.pipeline.bench.machine import (
+    cpu_times,
+    load_average,
+    machine_info,
+    steal_share,
+)
 
 #: relative to the working directory, like the default output folder
 BASELINE_VENV = Path("benchmarks/.venv-baseline")
@@ -381,8 +386,10 @@ def bench_scaling(clip: str, config, max_streams: int, seconds: float, warmup_s:
                "--status-json", str(status), "--status-every", "1",
                "--stage-config", str(stage_yaml), "--quiet",
                "--log-dir", str(work / f"scaling_{n}_logs")]
+        before = cpu_times()
         problem = run_until_measured(cmd, status, warmup_s + seconds, startup_timeout_s)
         step = scaling_step(status, n, warmup_s, target_fps)
+        step["steal_share"] = steal_share(before, cpu_times())
         if problem:
             step["error"] = problem
             step["sustained"] = False
@@ -486,12 +493,28 @@ def scaling_step(status_path: Path, n: int, warmup_s: float, target_fps: float
     latencies = [s["latency_s"] for r in timed for s in r["streams"].values()
                  if s.get("latency_s") is not None]
     steps = [int(s.get("degrade_step") or 0) for r in timed for s in r["streams"].values()]
+    written = sum(end["written"] - first["streams"].get(sid, {"written": 0})["written"]
+                  for sid, end in last["streams"].items())
     return {"streams": n, "sustained": sustained,
+            "cpu_ms_per_frame": stage_cpu_ms(first, last, written),
             "fps_out": [round(v, 2) for v in fps_out],
             "dropped_fraction": [round(v, 4) for v in dropped], "measured_s": round(dt, 1),
             "latency_p95_s": round(float(np.percentile(latencies, 95, method="inverted_cdf")),
                                    3) if latencies else None,
             "degrade_step_max": max(steps) if steps else 0}
+
+
+def stage_cpu_ms(first: dict[str, Any], last: dict[str, Any], written: int
+                 ) -> dict[str, float]:
+    """CPU ms each stage spent per frame written (all streams) between two status
+    records; a stage restarted in between (its CPU counted from 0 again) is left out."""
+    out: dict[str, float] = {}
+    for name, end in (last.get("stages") or {}).items():
+        begin = (first.get("stages") or {}).get(name) or {}
+        if written > 0 and end.get("cpu_s") is not None and begin.get("cpu_s") is not None \
+                and end.get("restarts") == begin.get("restarts"):
+            out[name] = round((end["cpu_s"] - begin["cpu_s"]) * 1000 / written, 2)
+    return out
 
 
 # ----------------------------------------------------------------------------- ratios
