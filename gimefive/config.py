@@ -203,7 +203,8 @@ def render_defaults(cls: type) -> str:
         limits = expected(field)
         tail = " [" + limits.replace(" ", "\0") + "]" if limits else ""  # kept on one line
         lines += ["", *(line.replace("\0", " ") for line in textwrap.wrap(
-            field.metadata["help"] + tail, 88, initial_indent="# ", subsequent_indent="# "))]
+            field.metadata["help"] + tail, 88, initial_indent="# ", subsequent_indent="# ",
+            break_long_words=False))]  # a long list of choices: one line of its own
         lines.append(yaml.safe_dump({field.name: default}, default_flow_style=False,
                                     sort_keys=False, width=1000).rstrip())
     return "\n".join(lines) + "\n"

@@ -23,6 +23,9 @@ POSITIVE = {"min": 1}
 #: the Grad-CAM renderings of pipeline/draw.py (its OVERLAYS; named here so that loading
 #: a config does not import OpenCV)
 OVERLAY_CHOICES = ("peak", "contour", "thumb", "full")
+#: libx264's speed presets, fastest first (the mpeg4 fallback has none and ignores them)
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow", "placebo")
 
 
 @dataclass
@@ -139,11 +142,13 @@ class AnnotateConfig:
     # encoding
     codec: str = setting("libx264", help="Video encoder; falls back to mpeg4 when absent.")
     crf: int = setting(20, min=0, max=51, help="Encoder quality (lower: better, larger).")
-    preset: str = setting("veryfast", help="Encoder speed preset of video files.")
-    live_preset: str = setting("ultrafast", help="Encoder speed preset of live outputs "
+    preset: str = setting("veryfast", choices=X264_PRESETS,
+                          help="Encoder speed preset of video files.")
+    live_preset: str = setting("ultrafast", choices=X264_PRESETS,
+                               help="Encoder speed preset of live outputs "
                                "(segments, RTSP push): a camera cannot wait, and veryfast "
-                               "took twice the CPU a frame (docs/performance.md), about a "
-                               "quarter of a 3-camera run's budget; the video is larger.")
+                               "took twice the CPU a frame (docs/performance.md), nearly a "
+                               "third of a 3-camera run's budget; the video is larger.")
     encoder_threads: int = setting(1, help="Encoder threads.", **POSITIVE)
     audio: bool = setting(True, help="Copy the input's audio to the output.")
     # process layout

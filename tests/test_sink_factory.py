@@ -68,6 +68,15 @@ def test_live_outputs_encode_with_the_live_preset_and_files_with_the_file_preset
         assert len(list(container.decode(video=0))) == 1
 
 
+def test_an_unknown_encoder_preset_is_refused_with_the_choices():
+    from gimefive.errors import GimefiveError
+
+    for key in ("preset", "live_preset"):
+        with pytest.raises(GimefiveError, match=f"'{key}': expected one of ultrafast.*"
+                                                "got 'fastest'"):
+            AnnotateConfig(**{key: "fastest"})
+
+
 def test_json_lines_truncate_for_files_and_append_with_counters_for_cameras(tmp_path):
     path = tmp_path / "f.jsonl"
     path.write_text('{"old": 1}\n')
