@@ -149,7 +149,10 @@ class AnnotateConfig:
                                "(segments, RTSP push): a camera cannot wait, and veryfast "
                                "took twice the CPU a frame (docs/performance.md), nearly a "
                                "third of a 3-camera run's budget; the video is larger.")
-    encoder_threads: int = setting(1, help="Encoder threads.", **POSITIVE)
+    encoder_threads: int = setting(1, help="Encoder threads, per video output (files, "
+                                   "segments, RTSP push). One: the other stages keep the "
+                                   "cores; FFmpeg's own choice (sliced threads) took a fifth "
+                                   "more CPU a live frame (docs/performance.md).", **POSITIVE)
     audio: bool = setting(True, help="Copy the input's audio to the output.")
     # process layout
     decode_threads: int = setting(1, help="Decoder threads.", **POSITIVE)

@@ -54,6 +54,9 @@ from gimefive.labels import UNCERTAIN_THRESHOLD
 
 SCHEMA_VERSION = 1
 ALLOWED_DTYPES = frozenset({"uint8", "int32", "int64", "float32", "float64", "bool"})
+#: each allowed dtype by name (native byte order): compared as objects, since reading a
+#: dtype's ``name`` runs Python code, a cost paid for every array of every message
+_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
 
 # Limits a message is checked against before anything is parsed or allocated, so that one
 # hostile message is dropped, never the stage (see :func:`decode`).
@@ -84,9 +87,9 @@ _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean",
 
 
 def _check_json_type(kind: str, name: str, value: Any, allowed: tuple[type, ...]) -> Any:
-    ok = any(isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
-             for t in allowed)
-    if not ok:
+    exact = type(value) in allowed  # the common case (a bool is never taken for an int)
+    if not exact and not any(isinstance(value, t) and not (
+            t in (int, float) and isinstance(value, bool)) for t in allowed):
         raise WireError(f"{kind} message: field {name!r} expected "
                         f"{' or '.join(_JSON_TYPES[t] for t in allowed)}, "
                         f"got {type(value).__name__} {value!r:.40}")
@@ -121,8 +124,8 @@ class Message:
         arrays = [(n, getattr(self, n)) for n in self.ARRAYS if getattr(self, n) is not None]
         header = {"schema": SCHEMA_VERSION, "kind": self.KIND,
                   "fields": {n: getattr(self, n) for n in self.FIELDS},
-                  "arrays": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
-                             for n, a in arrays]}
+                  "arrays": [{"name": n, "dtype": self.ARRAYS[n][0], "shape": list(a.shape)}
+                             for n, a in arrays]}  # the dtype __post_init__ checked
         return [json.dumps(header, separators=(",", ":")).encode()] + [
             np.ascontiguousarray(a).reshape(-1).view(np.uint8) for _, a in arrays]
 
@@ -151,9 +154,9 @@ def _check_arrays(kind: str, arrays: dict[str, np.ndarray | None],
         if not isinstance(value, np.ndarray):
             raise WireError(f"{kind} message: {name!r} expected a numpy array, "
                             f"got {type(value).__name__}")
-        if value.dtype.name != dtype:
+        if value.dtype != _DTYPES[dtype]:
             raise WireError(f"{kind} message: array {name!r} expected dtype {dtype}, "
-                            f"got {value.dtype.name}")
+                            f"got {value.dtype}")
         if value.ndim != len(shape):
             raise WireError(f"{kind} message: array {name!r} expected shape "
                             f"{_shape_text(shape)}, got {tuple(value.shape)}")
@@ -417,7 +420,10 @@ def _parse_header(raw: bytes | memoryview) -> dict:
         raise WireError(f"header is not JSON (first bytes {bytes(raw[:16])!r})") from None
     except RecursionError:
         header = None  # nested far too deep for the parser
-    if header is None or _json_depth(header) > MAX_JSON_DEPTH:
+    # the fields are the free-form part (``extra``) that travels on; the array specs are
+    # checked item by item (:func:`_parse_array`), keys beyond the three are never read
+    if header is None or (isinstance(header, dict)
+                          and 1 + _json_depth(header.get("fields")) > MAX_JSON_DEPTH):
         raise WireError(f"header nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(header, dict):
         raise WireError(f"header expected a JSON object, got {type(header).__name__}")
@@ -432,34 +438,38 @@ def _parse_header(raw: bytes | memoryview) -> dict:
 
 def _json_depth(value: Any) -> int:
     """How deep lists/objects nest (without recursion; stops past MAX_JSON_DEPTH)."""
+    if not isinstance(value, dict | list):
+        return 0
     deepest, stack = 0, [(value, 1)]
     while stack and deepest <= MAX_JSON_DEPTH:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in
-                         (value.values() if isinstance(value, dict) else value))
+        deepest = max(deepest, depth)
+        stack.extend((v, depth + 1) for v in
+                     (value.values() if isinstance(value, dict) else value)
+                     if isinstance(v, dict | list))  # only containers nest
     return deepest
 
 
+_SPEC_KEYS = frozenset({"name", "dtype", "shape"})
+
+
 def _parse_array(kind: str, spec: Any, part: Any) -> tuple[str, np.ndarray]:
-    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+    if not isinstance(spec, dict) or spec.keys() != _SPEC_KEYS:
         raise WireError(f"{kind} message: array spec expected keys ['dtype', 'name', 'shape'], "
                         f"got {spec!r:.60}")
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
     if dtype not in ALLOWED_DTYPES:
         raise WireError(f"{kind} message: array {name!r:.30} dtype {dtype!r:.20} not allowed; "
                         f"expected one of {sorted(ALLOWED_DTYPES)}")
-    if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise WireError(f"{kind} message: array {name!r:.30} shape must be non-negative "
                         f"integers, got {shape!r:.40}")
-    expected = _check_shape_limits(kind, name, shape, np.dtype(dtype).itemsize)
+    expected = _check_shape_limits(kind, name, shape, _DTYPES[dtype].itemsize)
     buffer = _as_bytes(part)
     if len(buffer) != expected:
         raise WireError(f"{kind} message: array {name!r:.30} {dtype}{shape} needs {expected} "
                         f"bytes, got {len(buffer)}")
-    return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return name, np.frombuffer(buffer, dtype=_DTYPES[dtype]).reshape(shape)
 
 
 def _check_shape_limits(kind: str, name: Any, shape: list[int], itemsize: int) -> int:

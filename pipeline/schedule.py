@@ -33,6 +33,7 @@ in the classifier's batch, :meth:`StreamSchedule.needs_results` asks for it firs
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -136,6 +137,24 @@ def thumbnails(image: np.ndarray, boxes: np.ndarray, side: int = THUMB_SIDE) -> 
     return out
 
 
+class LazyThumbnails:
+    """The faces' :func:`thumbnails`, each made when first asked for (``self(i)``).
+
+    A face needs its thumbnail when it is measured (to compare with later) or may be
+    re-measured for a new look; a live run that fell behind waits for tens of frames
+    between those, so most faces of most frames never need one."""
+
+    def __init__(self, image: np.ndarray, boxes: np.ndarray) -> None:
+        self.image, self.boxes = image, boxes
+        self.made: dict[int, np.ndarray] = {}
+
+    def __call__(self, i: int) -> np.ndarray:
+        look = self.made.get(i)
+        if look is None:
+            look = self.made[i] = thumbnails(self.image, self.boxes[i:i + 1])[0]
+        return look
+
+
 def contested(probs: np.ndarray, margin: float, uncertain_threshold: float) -> bool:
     top2 = np.sort(np.asarray(probs, np.float64))[-2:]
     return bool(top2[1] - top2[0] < margin or top2[1] < uncertain_threshold)
@@ -169,10 +188,14 @@ class StreamSchedule:
 
     # -- decisions
     def plan(self, index: int, track_ids: np.ndarray, boxes: np.ndarray,
-             scale: int = 1, looks: np.ndarray | None = None, cam_scale: int = 1
-             ) -> FacePlan:
+             scale: int = 1, looks: np.ndarray | Callable[[int], np.ndarray] | None = None,
+             cam_scale: int = 1) -> FacePlan:
         """Decide which faces of frame ``index`` are measured (and with Grad-CAM);
-        ``looks``: the faces' :func:`thumbnails` (None: that rule is off)."""
+        ``looks``: the faces' :func:`thumbnails`, or a function of the face's row that
+        makes one (:class:`LazyThumbnails`: only the faces that need one pay for it);
+        None: that rule is off."""
+        if looks is not None and not callable(looks):
+            looks = looks.__getitem__
         k = len(track_ids)
         measure, cam = np.zeros(k, bool), np.zeros(k, bool)
         measured_at, cam_at = np.zeros(k, np.int64), np.full(k, -1, np.int64)
@@ -183,12 +206,12 @@ class StreamSchedule:
                 measure[i] = True
             else:
                 measure[i] = self._due(index, tid, st, boxes[i], scale) or (
-                    index - st.measured >= self._event_gap(scale)
-                    and self._looks_new(st, None if looks is None else looks[i]))
+                    looks is not None and index - st.measured >= self._event_gap(scale)
+                    and self._looks_new(st, looks(i)))
             st.seen = index
             if measure[i]:
                 st.measured, st.box, st.contested = index, boxes[i].copy(), None
-                st.look = None if looks is None else looks[i].copy()
+                st.look = None if looks is None else looks(i).copy()
                 cam_every = max(1, self.s.cam_every * cam_scale)
                 cam[i] = self.s.cam and (st.cam_from < 0 or index - st.cam_from >= cam_every)
                 if cam[i]:

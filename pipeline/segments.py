@@ -43,11 +43,11 @@ FRAGMENT_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
 
 def _live_stream(container, codec: str, width: int, height: int, fps: float, crf: int,
-                 preset: str):
+                 preset: str, threads: int | None):
     """A live output's video stream on the live timeline's 1/90000 time base."""
     rate = Fraction(round(fps * 1000), 1000) if fps > 0 else Fraction(25)
     return add_video_stream(container, codec, width, height, rate, SEGMENT_TIME_BASE, crf,
-                            preset, live=True)
+                            preset, threads=threads, live=True)
 
 
 def concat_line(name: str) -> str:
@@ -66,7 +66,8 @@ class SegmentWriter:
 
     def __init__(self, base: str | Path, segment_s: float = 10.0, fps: float = 25.0,
                  codec: str = "libx264", crf: int = 23, preset: str = "veryfast",
-                 keep_age_s: float = 0.0, keep_bytes: int = 0) -> None:
+                 keep_age_s: float = 0.0, keep_bytes: int = 0, threads: int | None = 1
+                 ) -> None:
         base = Path(base)
         if base.suffix.lower() not in (".mp4", ".mov", ".m4v"):
             raise GimefiveError(f"segment output must end in .mp4 or .mov, got {base.name}")
@@ -78,6 +79,7 @@ class SegmentWriter:
         self.base, self.segment_s, self.fps = base, segment_s, fps
         self.keep_age_s, self.keep_bytes = keep_age_s, keep_bytes  # 0: keep everything
         self.codec, self.crf, self.preset = pick_codec(codec), crf, preset
+        self.threads = threads  # None: FFmpeg's choice (x264: 1.5 threads a core)
         self.playlist = base.with_suffix(".ffconcat")
         self.container = self.stream = None
         self.number = self._next_number()
@@ -111,7 +113,7 @@ class SegmentWriter:
         except (av.error.FFmpegError, OSError) as exc:
             raise GimefiveError(f"cannot write segment {path}: {exc}") from None
         self.stream = _live_stream(self.container, self.codec, width, height, self.fps,
-                                   self.crf, self.preset)
+                                   self.crf, self.preset, self.threads)
         self.size = (width, height)
         self.segment_start, self.clock = t, IncreasingPts()  # each segment starts at 0
         self.segments.append(path)
@@ -204,12 +206,13 @@ class RtspPushSink:
 
     def __init__(self, url: str, fps: float = 25.0, transport: str = "udp",
                  codec: str = "libx264", preset: str = "ultrafast", crf: int = 28,
-                 backoff_max_s: float = 5.0) -> None:
+                 backoff_max_s: float = 5.0, threads: int | None = 1) -> None:
         if not url.lower().startswith("rtsp://"):
             raise GimefiveError(f"RTSP output must be rtsp://HOST:PORT/PATH, got "
                                 f"{redact_url(url)}")
         self.url, self.fps, self.transport = url, fps, transport
         self.codec, self.preset, self.crf = pick_codec(codec), preset, crf
+        self.threads = threads
         self.backoff_max_s = backoff_max_s
         self.container = self.stream = None
         self.t0: float | None = None
@@ -229,7 +232,7 @@ class RtspPushSink:
                                      timeout=(5.0, 5.0))
             height, width = image.shape[:2]
             self.stream = _live_stream(self.container, self.codec, width, height, self.fps,
-                                       self.crf, self.preset)
+                                       self.crf, self.preset, self.threads)
             self.t0, self.last_pts, self.clock = None, -1, IncreasingPts()
             return True
         except (av.error.FFmpegError, OSError) as exc:

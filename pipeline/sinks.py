@@ -91,11 +91,13 @@ def sink_specs(job: dict[str, Any], config) -> list[SinkSpec]:
     if video.lower().startswith("rtsp://"):
         specs.append(SinkSpec("rtsp", video, {
             "streams": streams, "codec": config.codec, "preset": config.live_preset,
+            "threads": config.encoder_threads,
             "transport": job.get("push_transport") or "udp"}))
     elif video and live:
         specs.append(SinkSpec("segments", video, {
             "streams": streams, "codec": config.codec, "crf": config.crf,
-            "preset": config.live_preset, "segment_s": float(job.get("segment_s") or 10.0),
+            "preset": config.live_preset, "threads": config.encoder_threads,
+            "segment_s": float(job.get("segment_s") or 10.0),
             "keep_age_s": float(job.get("keep_age_s") or 0),
             "keep_bytes": int(job.get("keep_bytes") or 0)}))
     elif video:

@@ -184,6 +184,41 @@ def test_a_face_that_looks_different_is_measured_again(astronaut_bgr):
     assert not schedule.plan(3, ids, box, looks=looks[3:4]).measure[0]
 
 
+def test_lazy_thumbnails_decide_as_eager_ones_and_are_made_only_where_needed(astronaut_bgr):
+    """The same decisions, frame by frame, whether every face's thumbnail is made up front
+    or on demand; on demand, a degraded run (scale 8: a new look counts 20 frames after a
+    measurement) makes them for the measured faces and for those past that gap only."""
+    import cv2
+    from gimefive.pipeline.schedule import LazyThumbnails, thumbnails
+
+    rng = np.random.default_rng(3)
+    face = cv2.resize(astronaut_bgr[30:230, 140:340], (60, 60))
+    ids = np.arange(1, 5)
+    for scale in (1, 8):
+        eager = StreamSchedule(ScheduleSettings(every=5, cam=False, look=0.9))
+        lazy = StreamSchedule(ScheduleSettings(every=5, cam=False, look=0.9))
+        made = asked = 0
+        for index in range(60):
+            image = np.zeros((100, 400, 3), np.uint8)
+            xs = [10 + 95 * k + int(rng.integers(0, 6)) for k in range(4)]
+            for k, x in enumerate(xs):  # a face that turns now and then
+                image[20:80, x:x + 60] = face if (index // 7 + k) % 3 else face[::-1]
+            boxes = boxes_at(*xs, y=20, side=60)
+            looks = LazyThumbnails(image, boxes)
+            plans = [eager.plan(index, ids, boxes, scale, thumbnails(image, boxes)),
+                     lazy.plan(index, ids, boxes, scale, looks)]
+            assert plans[0].measure.tolist() == plans[1].measure.tolist(), index
+            for schedule, plan in zip((eager, lazy), plans, strict=True):
+                probs = np.stack([onehot(0)] * int(plan.measure.sum())) \
+                    if plan.measure.any() else np.zeros((0, 6), np.float32)
+                schedule.record(index, ids, plan, probs, None)
+            made, asked = made + len(looks.made), asked + len(ids)
+        if scale == 1:
+            assert made == asked  # undegraded, every face may look new on every frame
+        else:
+            assert made < asked / 3
+
+
 def test_degraded_a_moving_face_is_measured_at_most_every_scale_frames():
     """A face moving 20 px (half its side) a frame: measured on every frame as normal;
     degraded to scale 4 (a live run behind), at most every 5 x 4 / 2 = 10 frames (the

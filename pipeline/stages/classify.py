@@ -21,7 +21,7 @@ import numpy as np
 from gimefive.pipeline import degrade, devices
 from gimefive.pipeline.crops import crop_geometry, cut_faces
 from gimefive.pipeline.messages import EndOfStream, Message, TrackedMsg, TrackIdsMsg
-from gimefive.pipeline.schedule import FacePlan, ScheduleSettings, StreamSchedule, thumbnails
+from gimefive.pipeline.schedule import FacePlan, LazyThumbnails, ScheduleSettings, StreamSchedule
 from gimefive.pipeline.stage import BatchWindow, Stage
 
 from gimefive.preprocess import INPUT_SIZE, preprocess_faces
@@ -84,7 +84,7 @@ class ClassifyStage(Stage):
         schedule = self._schedule(msg)
         _, scale, cam_scale = degrade.multipliers(msg.extra)  # a live run behind: >1
         out = self.flush() if schedule.needs_results(msg.index, msg.track_ids, scale) else []
-        looks = thumbnails(msg.image, msg.boxes) if self.config.classify_look > 0 else None
+        looks = LazyThumbnails(msg.image, msg.boxes) if self.config.classify_look > 0 else None
         plan = schedule.plan(msg.index, msg.track_ids, msg.boxes, scale, looks, cam_scale)
         self.pending.add((msg, plan))
         self.pending_faces += int(plan.measure.sum())
