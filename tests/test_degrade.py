@@ -47,7 +47,7 @@ def test_behind_raises_a_step_a_second_and_calm_lowers_it(fake_clock):
     assert d.update(depth=0, capacity=2, dropped=0) == 0
     assert d.update(depth=2, capacity=2, dropped=0) == 1  # full: the next frame would drop
     fake_clock.advance(0.5)
-    assert d.update(depth=2, capacity=2, dropped=1) == 1  # behind, but within a second
+    assert d.update(depth=2, capacity=2, dropped=0) == 1  # full, but within a second
     fake_clock.advance(0.6)
     assert d.update(depth=1, capacity=2, dropped=3) == 2  # dropped since: behind
     for _ in range(20):
@@ -62,6 +62,21 @@ def test_behind_raises_a_step_a_second_and_calm_lowers_it(fake_clock):
     assert d.update(depth=0, capacity=2, dropped=3) == len(LADDER) - 2  # one step down
     fake_clock.advance(degrade.CALM_S + 0.1)
     assert d.update(depth=0, capacity=2, dropped=3) == len(LADDER) - 3  # and another
+
+
+def test_dropping_frames_raises_a_step_every_quarter_second(fake_clock):
+    """A camera losing frames climbs the ladder four times as fast as one whose queue is
+    merely full; without drops, a second a step again."""
+    d = Degrader(clock=fake_clock)
+    assert d.update(depth=8, capacity=8, dropped=1) == 1
+    for dropped in range(2, 6):
+        fake_clock.advance(degrade.DROPPING_RAISE_EVERY_S / 2)
+        d.update(depth=8, capacity=8, dropped=dropped)
+    assert d.step == 3  # half a second of drops: 2 more steps (a second a step: none)
+    fake_clock.advance(degrade.DROPPING_RAISE_EVERY_S)
+    assert d.update(depth=8, capacity=8, dropped=5) == 3  # full, no new drop: waits
+    fake_clock.advance(degrade.RAISE_EVERY_S)
+    assert d.update(depth=8, capacity=8, dropped=5) == 4
 
 
 @pytest.mark.parametrize("value", [-1, len(LADDER), True, "3", 2.0, None, 10**30])
