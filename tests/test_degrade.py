@@ -79,6 +79,30 @@ def test_dropping_frames_raises_a_step_every_quarter_second(fake_clock):
     assert d.update(depth=8, capacity=8, dropped=5) == 4
 
 
+def test_a_step_down_taken_back_doubles_the_calm_the_next_one_waits_for(fake_clock):
+    """A run at its limit: each try of a lower step fills the queue again. The calm before
+    the next try doubles (10, 20, 40, 80 s, no more); a step down that holds halves it."""
+    d = Degrader(clock=fake_clock, step=5)
+
+    def calm_from(step: int) -> float:
+        waited = 0.0
+        while d.update(depth=0, capacity=8, dropped=0) == step:
+            fake_clock.advance(0.5)
+            waited += 0.5
+        return waited
+
+    waits = []
+    for _ in range(5):
+        waits.append(calm_from(5))
+        fake_clock.advance(2.0)
+        assert d.update(depth=8, capacity=8, dropped=0) == 5  # too low: back up at once
+    assert waits == [10.0, 20.0, 40.0, 80.0, 80.0]
+    assert calm_from(5) == 80.0  # to step 4, which holds: 80 s more to step 3 ...
+    assert calm_from(4) == 80.0
+    assert calm_from(3) == 40.0 and calm_from(2) == 20.0  # ... then half, and half again
+    assert calm_from(1) == 10.0 and d.step == 0
+
+
 @pytest.mark.parametrize("value", [-1, len(LADDER), True, "3", 2.0, None, 10**30])
 def test_a_hostile_step_degrades_nothing(value):
     assert step_of({degrade.KEY: value}) == 0 and multipliers({degrade.KEY: value}) == (1, 1, 1)

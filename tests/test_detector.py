@@ -151,3 +151,39 @@ def test_top_k_before_nms_leaves_normal_results_unchanged(monkeypatch, astronaut
         assert len(a) == len(b) > 0
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_the_network_input_is_the_frames_minus_the_mean_planar(astronaut_bgr):
+    """OpenCV makes the input in one pass (planar, minus the mean); it must be what the
+    NumPy way made, value for value, for a frame kept at its size and a downscaled one,
+    and for a read-only view (a frame as it arrives over the wire)."""
+    from gimefive.detector import BGR_MEAN
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            seen.append(feeds["input"].copy())
+            return self.session.run(names, feeds)
+
+    detector = FaceDetector(max_side=640, threads=1)
+    detector.session = Recorder(detector.session)
+    wire = np.frombuffer(astronaut_bgr[:360, :480].tobytes(), np.uint8).reshape(360, 480, 3)
+    for frame in (wire, np.ascontiguousarray(np.tile(astronaut_bgr, (1, 2, 1)))):
+        seen.clear()
+        detector.detect([frame])
+        h, w = detector.input_size(*frame.shape[:2])
+        small = frame if (h, w) == frame.shape[:2] else cv2_resize(frame, w, h)
+        expected = (small.astype(np.float32) - BGR_MEAN).transpose(2, 0, 1)[None]
+        assert seen[0].dtype == np.float32 and seen[0].flags.c_contiguous
+        np.testing.assert_array_equal(seen[0], expected)
+
+
+def cv2_resize(frame, width, height):
+    import cv2
+
+    interpolation = cv2.INTER_AREA if width < frame.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(frame, (width, height), interpolation=interpolation)
