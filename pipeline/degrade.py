@@ -38,8 +38,8 @@ DROPPING_RAISE_EVERY_S = 0.25
 #: a step down after the queue stayed empty this long
 CALM_S = 10.0
 #: ... at most this long: a step down that had to be taken back within the calm time
-#: (the run was at its limit) doubles the calm the next one waits for, one that held
-#: halves it again. At its limit a run otherwise tried a lower step every 10 s and
+#: (the run was at its limit) doubles the calm the next one waits for; one that held for
+#: the calm time halves it again. At its limit a run otherwise tried a lower step every 10 s and
 #: dropped frames each time until it was back up (3 reference streams: 2.5-3% dropped)
 MAX_CALM_S = 80.0
 
@@ -81,11 +81,14 @@ class Degrader:
         self.calm_since: float | None = None
         self.last_dropped = 0
         self.calm_needed = self.calm_s  # what the next step down waits for
-        self.lowered_at: float | None = None  # the last step down, while not taken back
+        self.lowered_at: float | None = None  # the last step down, until it held a calm
 
     def update(self, depth: int, capacity: int, dropped: int) -> int:
         """Take a look at the queue (``dropped``: the total so far); the step to use."""
         now = self.clock()
+        if self.lowered_at is not None and now - self.lowered_at >= self.calm_needed:
+            self.calm_needed = max(self.calm_s, self.calm_needed / 2)  # the step down held
+            self.lowered_at = None
         dropping = dropped > self.last_dropped
         behind = depth >= capacity or dropping
         self.last_dropped = dropped
@@ -95,15 +98,13 @@ class Degrader:
             if self.step < len(LADDER) - 1 and now - self.last_change >= wait:
                 self.step, self.last_change = self.step + 1, now
                 self.raises += 1
-                if self.lowered_at is not None and now - self.lowered_at < self.calm_needed:
-                    self.calm_needed = min(2 * self.calm_needed, MAX_CALM_S)  # taken back
+                if self.lowered_at is not None:  # a step down taken back within the calm
+                    self.calm_needed = min(2 * self.calm_needed, MAX_CALM_S)
                 self.lowered_at = None
         elif depth == 0:
             if self.calm_since is None:
                 self.calm_since = now
             elif self.step > 0 and now - self.calm_since >= self.calm_needed:
-                if self.lowered_at is not None:  # the last step down held
-                    self.calm_needed = max(self.calm_s, self.calm_needed / 2)
                 self.step, self.last_change, self.calm_since = self.step - 1, now, now
                 self.lowered_at = now
         else:

@@ -433,6 +433,9 @@ def _parse_header(raw: bytes | memoryview) -> dict:
     missing = {"kind", "fields", "arrays"} - set(header)
     if missing:
         raise WireError(f"header missing key(s) {sorted(missing)}")
+    unknown = set(header) - _HEADER_KEYS
+    if unknown:  # exactly the four keys: nothing travels that no check has read
+        raise WireError(f"header has unknown key(s) {sorted(map(str, unknown))[:4]!r:.80}")
     return header
 
 
@@ -451,6 +454,7 @@ def _json_depth(value: Any) -> int:
 
 
 _SPEC_KEYS = frozenset({"name", "dtype", "shape"})
+_HEADER_KEYS = frozenset({"schema", "kind", "fields", "arrays"})
 
 
 def _parse_array(kind: str, spec: Any, part: Any) -> tuple[str, np.ndarray]:

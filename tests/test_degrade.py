@@ -103,6 +103,26 @@ def test_a_step_down_taken_back_doubles_the_calm_the_next_one_waits_for(fake_clo
     assert calm_from(1) == 10.0 and d.step == 0
 
 
+def test_a_step_down_that_held_halves_the_calm_even_if_a_spike_comes_later(fake_clock):
+    """Doubled to 80 s at the limit; then the load eases: a step down that holds for its
+    calm halves the wait at once, whatever comes after it (a new spike is not the step
+    down taken back)."""
+    d = Degrader(clock=fake_clock, step=5)
+    for _ in range(4):  # four tries taken back: 10 -> 20 -> 40 -> 80 s
+        while d.update(depth=0, capacity=8, dropped=0) == 5:
+            fake_clock.advance(0.5)
+        fake_clock.advance(1.0)
+        d.update(depth=8, capacity=8, dropped=0)
+    assert d.calm_needed == degrade.MAX_CALM_S and d.step == 5
+    while d.update(depth=0, capacity=8, dropped=0) == 5:
+        fake_clock.advance(0.5)
+    fake_clock.advance(degrade.MAX_CALM_S)  # step 4 held for its calm (busy, not empty)
+    assert d.update(depth=3, capacity=8, dropped=0) == 4
+    assert d.calm_needed == degrade.MAX_CALM_S / 2
+    d.update(depth=8, capacity=8, dropped=1)  # a spike, long after
+    assert d.step == 5 and d.calm_needed == degrade.MAX_CALM_S / 2
+
+
 @pytest.mark.parametrize("value", [-1, len(LADDER), True, "3", 2.0, None, 10**30])
 def test_a_hostile_step_degrades_nothing(value):
     assert step_of({degrade.KEY: value}) == 0 and multipliers({degrade.KEY: value}) == (1, 1, 1)

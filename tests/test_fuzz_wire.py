@@ -194,6 +194,9 @@ HOSTILE = {
                       + b"]" * 30_000 + b',"arrays":[]}'], "header nested deeper than"),
     "moderate nesting": ([b'{"schema":1,"kind":"tracked","fields":{"extra":' + b"[" * 900
                           + b"]" * 900 + b'},"arrays":[]}'], "header nested deeper than"),
+    "unknown header key, deep": ([b'{"schema":1,"kind":"tracked","fields":{},"arrays":[],'
+                                  b'"junk":' + b"[" * 40 + b"]" * 40 + b'}'],
+                                 r"header has unknown key\(s\) \['junk'\]"),
     "huge header": ([json.dumps({"schema": 1, "pad": "x" * (2 << 20)}).encode()],
                     r"header is \d+ bytes, over the limit"),
     "many dimensions": (track_input_with(_image_shape([1] * 64)),
