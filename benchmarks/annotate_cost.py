@@ -68,13 +68,14 @@ def opencv_i420_frame(image: np.ndarray) -> av.VideoFrame:
 
 
 def encode(frames: list[np.ndarray], make_frame, preset: str = "veryfast",
-           live: bool = False) -> tuple[float, bytes]:
-    """CPU ms per frame to convert and encode, and the MP4 written."""
+           live: bool = False, threads: int | None = 1) -> tuple[float, bytes]:
+    """CPU ms per frame to convert and encode, and the MP4 written (``threads`` None:
+    FFmpeg's choice)."""
     height, width = frames[0].shape[:2]
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as out:
         stream = add_video_stream(out, "libx264", width, height, Fraction(25),
-                                  Fraction(1, 25), 20, preset, threads=1, live=live)
+                                  Fraction(1, 25), 20, preset, threads=threads, live=live)
         start = time.process_time()
         for i, image in enumerate(frames):
             frame = make_frame(image)

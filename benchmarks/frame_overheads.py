@@ -7,7 +7,7 @@
 * ``encode``: the live segments' x264 settings (``ultrafast``, CRF 20, zero-latency,
   keyframe every second) on ``--clip``'s frames (or a generated 640x360 scene), one
   encoder thread against FFmpeg's own choice (x264: 1.5 threads a core), interleaved; CPU
-  ms a frame, all threads.
+  ms a frame, all threads (``annotate_cost.encode``, as its ``live_encode`` part).
 * ``detector_input``: RetinaFace's input made from the first frame at its own size (no
   resize; 640x360 for the bench's reference clip), NumPy's way (``astype``, subtract,
   transposed copy) against OpenCV's ``blobFromImages``; and whether the two are equal.
@@ -23,17 +23,16 @@ load; run it on a quiet one, or compare the ways only.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+from annotate_cost import encode, read_frames  # this folder: the same encoder measurement
+from gimefive.pipeline.encoder import video_frame
 
 FACES = 5
 HOP_MESSAGES = 600
@@ -42,13 +41,7 @@ HOP_RATE = 75.0
 
 def sample_frames(clip: str | None, count: int = 150) -> list[np.ndarray]:
     if clip:
-        with av.open(clip) as container:
-            frames = []
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="bgr24"))
-                if len(frames) == count:
-                    break
-            return frames
+        return read_frames(clip, count)
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.integers(0, 255, (360, 640, 3), np.uint8), (31, 31), 0)
     return [np.roll(base, 4 * i, axis=1) for i in range(count)]
@@ -98,30 +91,12 @@ def bench_wire(rounds: int) -> dict:
     return out
 
 
-def encode_cpu_ms(frames: list[np.ndarray], threads: int | None) -> float:
-    from gimefive.pipeline.encoder import add_video_stream, video_frame
-
-    height, width = frames[0].shape[:2]
-    container = av.open(io.BytesIO(), "w", format="mp4",
-                        options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
-    stream = add_video_stream(container, "libx264", width, height, Fraction(25),
-                              Fraction(1, 90000), 20, "ultrafast", threads=threads, live=True)
-    start = time.process_time()
-    for i, image in enumerate(frames):
-        frame = video_frame(image)
-        frame.pts, frame.time_base = i * 3600, Fraction(1, 90000)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-    spent = time.process_time() - start
-    container.close()
-    return spent / len(frames) * 1000
-
-
 def bench_encode(frames: list[np.ndarray], rounds: int) -> dict:
     runs: dict[str, list[float]] = {"one_thread": [], "ffmpeg_choice": []}
     for _ in range(rounds):
-        runs["one_thread"].append(encode_cpu_ms(frames, 1))
-        runs["ffmpeg_choice"].append(encode_cpu_ms(frames, None))
+        for name, threads in (("one_thread", 1), ("ffmpeg_choice", None)):
+            runs[name].append(encode(frames, video_frame, "ultrafast", live=True,
+                                     threads=threads)[0])
     return {k: round(float(np.median(v)), 2) for k, v in runs.items()}
 
 

@@ -39,8 +39,9 @@ DROPPING_RAISE_EVERY_S = 0.25
 CALM_S = 10.0
 #: ... at most this long: a step down that had to be taken back within the calm time
 #: (the run was at its limit) doubles the calm the next one waits for; one that held for
-#: the calm time halves it again. At its limit a run otherwise tried a lower step every 10 s and
-#: dropped frames each time until it was back up (3 reference streams: 2.5-3% dropped)
+#: the calm time halves it again. At its limit a run otherwise tried a lower step every
+#: 10 s and dropped frames each time until it was back up (3 reference streams: 2.5-3%
+#: dropped)
 MAX_CALM_S = 80.0
 
 

@@ -421,7 +421,7 @@ def _parse_header(raw: bytes | memoryview) -> dict:
     except RecursionError:
         header = None  # nested far too deep for the parser
     # the fields are the free-form part (``extra``) that travels on; the array specs are
-    # checked item by item (:func:`_parse_array`), keys beyond the three are never read
+    # checked item by item (:func:`_parse_array`), keys beyond the four are refused below
     if header is None or (isinstance(header, dict)
                           and 1 + _json_depth(header.get("fields")) > MAX_JSON_DEPTH):
         raise WireError(f"header nested deeper than {MAX_JSON_DEPTH} levels")
