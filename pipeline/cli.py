@@ -238,6 +238,11 @@ def _live_options(ctx, param, value):
                    "beyond this total (0: keep).")
 @click.option("--push-transport", type=click.Choice(["udp", "tcp"]), default="udp",
               help="annotate --live: RTSP transport of an rtsp:// --out.")
+@click.option("--frames-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The run's private folder of frames in shared memory (/dev/shm), the "
+                   "same for every stage on this host: the source writes each frame there "
+                   "once and messages refer to it. Without it frames travel inside the "
+                   "messages (stages on other hosts).")
 @click.option("--control", default=None, help="Supervisor endpoint for status reports.")
 @click.option("--gate", default=None, hidden=True,
               help="source: wait for one message on this endpoint before decoding.")
@@ -251,8 +256,8 @@ def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends
                   replica, json_path,
                   cam_npz, audio_from, events_path, mqtt, stream, reader, live, index_from,
                   live_out, streams,
-                  segment_s, keep_age_s, keep_bytes, push_transport, control, gate,
-                  curve_keys, insecure):
+                  segment_s, keep_age_s, keep_bytes, push_transport, frames_dir, control,
+                  gate, curve_keys, insecure):
     """Run one pipeline stage alone, e.g. on another host.
 
     Stages bind their input and connect their output. A two-host example:
@@ -299,7 +304,8 @@ def stage_command(name, in_, out, config_path, config_json, overrides, hwm, ends
         raise click.BadParameter(f"only {' and '.join(SPLIT)} run as replicas",
                                  param_hint="--replica")
     run_stage(name, in_, out, config, control=control, curve=curve, insecure=insecure,
-              hwm=hwm, ends=ends, upstream=upstream, replica=replica, **job)
+              hwm=hwm, ends=ends, upstream=upstream, replica=replica,
+              frames_dir=frames_dir, **job)
 
 
 @click.command("keys")

@@ -48,6 +48,7 @@ from gimefive.pipeline.replicas import (
     replica_index,
     replica_names,
 )
+from gimefive.pipeline.shared_frames import frames_dir
 from gimefive.pipeline.stage import LIVE_HWM
 from gimefive.pipeline.stages import MIDDLE, ORDER, next_stage
 from gimefive.pipeline.stages.source import RESTART_INDEX_GAP
@@ -232,6 +233,7 @@ class Monitor:
         self._drain_last = (-1, time.monotonic())
         self.log_dir = log_dir
         self.directory: Path | None = None  # the run's private folder, set by run()
+        self.frames_dir: Path | None = None  # its frames in shared memory, set by run()
         self.camera_options: dict[str, dict] = {}  # per camera (--cameras FILE)
         self.reloader = None  # CameraReloader with --cameras FILE
         self.metrics = None  # MonitorMetrics with --metrics-port, set by run()
@@ -244,6 +246,8 @@ class Monitor:
             # URLs go as @FILE in the private folder: argv is readable by every local user
             source = url_arg(self.directory, f"source-{sid}.url", self.sources[sid])
         live = ["--config-json", config_json, "--hwm", str(LIVE_HWM), "--ends", "0"]
+        if self.frames_dir:  # every stage of this host reads the frames in shared memory
+            live += ["--frames-dir", str(self.frames_dir)]
         if name.startswith("source-"):
             sid = name.removeprefix("source-")
             # URLs go as @FILE in the private folder: argv is readable by every local user
@@ -455,8 +459,10 @@ class Monitor:
                                        self.cfg.metrics_port)
                 log.info("metrics at http://%s:%d/metrics (also /healthz, /readyz)",
                          self.cfg.metrics_host, server.port)
-            with private_ipc_dir("gimefive-monitor-") as directory:
+            with private_ipc_dir("gimefive-monitor-") as directory, \
+                    frames_dir(self.stage_config.shared_frames) as shared:
                 self.directory = directory  # also where stage arguments holding URLs go
+                self.frames_dir = shared
                 if status_path:
                     self.status_file = open(status_path, "a", buffering=1)  # noqa: SIM115
                 self.endpoints = input_endpoints(directory, self.counts, ORDER[1:])

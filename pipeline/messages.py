@@ -43,6 +43,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -122,12 +123,18 @@ class Message:
     def encode(self) -> list[Any]:
         """Multipart parts: the JSON header then the array buffers (no copies made)."""
         arrays = [(n, getattr(self, n)) for n in self.ARRAYS if getattr(self, n) is not None]
+        specs, buffers = [], []
+        for name, array in arrays:  # the dtype __post_init__ checked
+            spec = {"name": name, "dtype": self.ARRAYS[name][0], "shape": list(array.shape)}
+            ref = getattr(array, "ref", None)  # an image in shared memory (shared_frames)
+            if ref is None:
+                buffers.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+            else:
+                spec |= zip(REF_KEYS, ref, strict=True)
+            specs.append(spec)
         header = {"schema": SCHEMA_VERSION, "kind": self.KIND,
-                  "fields": {n: getattr(self, n) for n in self.FIELDS},
-                  "arrays": [{"name": n, "dtype": self.ARRAYS[n][0], "shape": list(a.shape)}
-                             for n, a in arrays]}  # the dtype __post_init__ checked
-        return [json.dumps(header, separators=(",", ":")).encode()] + [
-            np.ascontiguousarray(a).reshape(-1).view(np.uint8) for _, a in arrays]
+                  "fields": {n: getattr(self, n) for n in self.FIELDS}, "arrays": specs}
+        return [json.dumps(header, separators=(",", ":")).encode(), *buffers]
 
 
 #: a stream id names a camera's output files (live sinks): letters, digits, - and _ only,
@@ -353,15 +360,19 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.KIND: cls for cls in (FrameMsg, DetectionsMsg, TrackIdsMsg, TrackedMsg, EndOfStream)}
 
 
-def decode(parts: list[Any], expect: tuple[type[Message], ...] | None = None) -> Message:
+def decode(parts: list[Any], expect: tuple[type[Message], ...] | None = None,
+           frames: Any = None) -> Message:
     """Validate and rebuild a message from multipart ``parts`` (bytes or zmq.Frame).
+
+    ``frames`` (a :class:`~gimefive.pipeline.shared_frames.SharedFrames`) resolves the
+    arrays that lie in shared memory; without it such a message is refused.
 
     Sizes are checked before anything is parsed or allocated; whatever else a hostile
     message provokes (OverflowError, RecursionError, MemoryError, UnicodeDecodeError...)
     is still just a malformed message: a :class:`WireError` the stage counts and drops.
     """
     try:
-        return _decode(parts, expect)
+        return _decode(parts, expect, frames)
     except WireError:
         raise
     except Exception as exc:  # noqa: BLE001 - a message must never kill its stage
@@ -369,7 +380,8 @@ def decode(parts: list[Any], expect: tuple[type[Message], ...] | None = None) ->
         raise WireError(f"malformed message ({exc.__class__.__name__}: {text})") from None
 
 
-def _decode(parts: list[Any], expect: tuple[type[Message], ...] | None) -> Message:
+def _decode(parts: list[Any], expect: tuple[type[Message], ...] | None,
+            frames: Any) -> Message:
     if not parts:
         raise WireError("empty multipart message")
     total = sum(len(_as_bytes(p)) for p in parts[1:])
@@ -390,13 +402,15 @@ def _decode(parts: list[Any], expect: tuple[type[Message], ...] | None) -> Messa
         got = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
         raise WireError(f"{kind} message: fields expected {sorted(cls.FIELDS)}, got {got}")
     specs = header["arrays"]
-    if not isinstance(specs, list) or len(specs) != len(parts) - 1:
+    inline = len(specs) - sum(isinstance(s, dict) and "ring" in s for s in specs) \
+        if isinstance(specs, list) else -1
+    if inline != len(parts) - 1:
         raise WireError(f"{kind} message: header lists "
-                        f"{len(specs) if isinstance(specs, list) else 'no'} arrays but "
+                        f"{inline if inline >= 0 else 'no'} arrays but "
                         f"{len(parts) - 1} buffers arrived")
-    arrays = {}
-    for spec, part in zip(specs, parts[1:], strict=True):
-        name, array = _parse_array(kind, spec, part)
+    arrays, buffers = {}, iter(parts[1:])
+    for spec in specs:
+        name, array = _parse_array(kind, spec, buffers, frames)
         if name not in cls.ARRAYS or name in arrays:
             raise WireError(f"{kind} message: unexpected or repeated array {name!r:.40}; "
                             f"expected {list(cls.ARRAYS)}")
@@ -454,13 +468,21 @@ def _json_depth(value: Any) -> int:
 
 
 _SPEC_KEYS = frozenset({"name", "dtype", "shape"})
+#: an array that lies in shared memory (pipeline.shared_frames): where, instead of a buffer
+REF_KEYS = ("ring", "slot", "seq")
+_SHARED_SPEC_KEYS = _SPEC_KEYS | frozenset(REF_KEYS)
 _HEADER_KEYS = frozenset({"schema", "kind", "fields", "arrays"})
 
 
-def _parse_array(kind: str, spec: Any, part: Any) -> tuple[str, np.ndarray]:
-    if not isinstance(spec, dict) or spec.keys() != _SPEC_KEYS:
-        raise WireError(f"{kind} message: array spec expected keys ['dtype', 'name', 'shape'], "
-                        f"got {spec!r:.60}")
+def _parse_array(kind: str, spec: Any, buffers: Iterator[Any],
+                 frames: Any) -> tuple[str, np.ndarray]:
+    """One array: from the next buffer, or (``ring``, ``slot``, ``seq`` in its spec) from
+    shared memory through ``frames``."""
+    shared = isinstance(spec, dict) and "ring" in spec
+    if not isinstance(spec, dict) or spec.keys() != (_SHARED_SPEC_KEYS if shared
+                                                    else _SPEC_KEYS):
+        raise WireError(f"{kind} message: array spec expected keys ['dtype', 'name', 'shape'] "
+                        f"(and ['ring', 'slot', 'seq'] for shared memory), got {spec!r:.60}")
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
     if dtype not in ALLOWED_DTYPES:
         raise WireError(f"{kind} message: array {name!r:.30} dtype {dtype!r:.20} not allowed; "
@@ -469,7 +491,15 @@ def _parse_array(kind: str, spec: Any, part: Any) -> tuple[str, np.ndarray]:
         raise WireError(f"{kind} message: array {name!r:.30} shape must be non-negative "
                         f"integers, got {shape!r:.40}")
     expected = _check_shape_limits(kind, name, shape, _DTYPES[dtype].itemsize)
-    buffer = _as_bytes(part)
+    if shared:
+        if frames is None or dtype != "uint8":
+            raise WireError(f"{kind} message: array {name!r:.30} lies in shared memory, "
+                            f"which this stage does not read (no --frames-dir)"
+                            if frames is None else
+                            f"{kind} message: array {name!r:.30} in shared memory must be "
+                            f"uint8, got {dtype}")
+        return name, frames.image(spec, shape)
+    buffer = _as_bytes(next(buffers))
     if len(buffer) != expected:
         raise WireError(f"{kind} message: array {name!r:.30} {dtype}{shape} needs {expected} "
                         f"bytes, got {len(buffer)}")

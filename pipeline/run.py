@@ -31,6 +31,7 @@ from gimefive.pipeline.replicas import (
     replica_name,
     replica_names,
 )
+from gimefive.pipeline.shared_frames import frames_dir
 from gimefive.pipeline.stage import HWM, StageRunner, Stopped
 from gimefive.pipeline.stages import ORDER, next_stage, stage_class
 from gimefive.pipeline.summary import AnnotateResult, summarize
@@ -54,7 +55,8 @@ LIVE_STOP_S = 60.0
 def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfig,
               control: str | None = None, curve: CurveKeys | None = None,
               insecure: bool = False, hwm: int = HWM, ends: int = 1, upstream: int = 1,
-              replica: int | None = None, **job: Any) -> dict[str, Any]:
+              replica: int | None = None, frames_dir: str | Path | None = None,
+              **job: Any) -> dict[str, Any]:
     """Run stage ``name`` in this process until its input ends; return its stats.
 
     For ``source`` ``in_`` is the video to read; for ``annotate`` ``out`` is the video to
@@ -62,7 +64,8 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
     endpoints; a stage binds ``in_`` and connects ``out``. ``hwm`` and ``ends`` are the
     run's queue depth per hop and its number of streams (0: live, until stopped);
     ``upstream`` the replicas of the stage before, ``replica`` which replica this is
-    (:mod:`gimefive.pipeline.replicas`).
+    (:mod:`gimefive.pipeline.replicas`); ``frames_dir`` the run's folder of frames in
+    shared memory (:mod:`gimefive.pipeline.shared_frames`), None: frames travel inline.
 
     Every stage runs here, a camera source and the live sink included. A stop (SIGTERM)
     is the normal end of a live run (``ends`` 0): it returns. A failure is reported to
@@ -73,6 +76,7 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
     cls = stage_class(name)
     if name == "source":
         job["input"], in_ = in_, None
+        job["frames_dir"] = frames_dir
     if name == "annotate":
         job["output"], out = ("" if out == "-" else out), None
     status = StageError.exit_code
@@ -81,7 +85,8 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
         # a camera's source reports as source-ID, a replica as NAME#I
         name = stage.name = replica_name(stage.name, replica)
         runner = StageRunner(stage, in_, out, control, curve=curve, insecure=insecure,
-                             gate_endpoint=gate, hwm=hwm, ends=ends, upstream=upstream)
+                             gate_endpoint=gate, hwm=hwm, ends=ends, upstream=upstream,
+                             frames_dir=str(frames_dir) if frames_dir else None)
         return runner.run()
     except Stopped as exc:
         if ends == 0:
@@ -293,13 +298,14 @@ def _run_job(input_path: Path | str, partial: dict[str, Path], config: AnnotateC
            "live": camera} | (events or {})
     bar = _Progress(progress)
     start = time.perf_counter()
-    with private_ipc_dir() as directory:
+    with private_ipc_dir() as directory, frames_dir(config.shared_frames) as shared:
         counts = replica_counts(config)  # detect and classify may run as several
         endpoints = input_endpoints(directory, counts)
         job["gate"] = ipc_endpoint(directory, "gate")
+        shared_args = ["--frames-dir", str(shared)] if shared else []
         processes = [StageProcess(process, replica_args(
-            name, i, counts, stage_args(name, endpoints, config, job, directory)),
-            kind=name, threads=_threads(name, config))
+            name, i, counts, stage_args(name, endpoints, config, job, directory))
+            + shared_args, kind=name, threads=_threads(name, config))
             for name in ORDER for i, process in enumerate(replica_names(name, counts[name]))]
         kind = Supervisor if stop is None else _CameraJobSupervisor
         supervisor = kind(processes, ipc_endpoint(directory, "control"), directory,

@@ -28,6 +28,7 @@ from gimefive.pipeline.control import control_message
 from gimefive.pipeline.messages import EndOfStream, Message
 from gimefive.pipeline.reorder import input_receiver
 from gimefive.pipeline.replicas import fan_out, split_endpoints
+from gimefive.pipeline.shared_frames import SharedFrames
 from gimefive.pipeline.transport import Sender, open_socket, peer_monitor
 
 from gimefive.errors import GimefiveError
@@ -184,14 +185,18 @@ class StageRunner:
     def __init__(self, stage: Stage, in_endpoint: str | None, out_endpoint: str | None,
                  control_endpoint: str | None = None, bind_input: bool = True,
                  curve=None, insecure: bool = False, gate_endpoint: str | None = None,
-                 hwm: int = HWM, ends: int = 1, upstream: int = 1) -> None:
+                 hwm: int = HWM, ends: int = 1, upstream: int = 1,
+                 frames_dir: str | None = None) -> None:
         """``hwm`` and ``ends`` are facts of the run, not user settings: how many messages
         queue per hop (per side), and how many end-of-stream messages end this stage
         (one per stream of a file job; 0: a live run, until stopped). ``upstream``: the
         replicas of the stage before, whose frames are put back in order here; an
-        ``out_endpoint`` "A,B" sends to the replicas of the next (pipeline.replicas)."""
+        ``out_endpoint`` "A,B" sends to the replicas of the next (pipeline.replicas).
+        ``frames_dir``: the run's folder of frames in shared memory (the last stage
+        releases each frame there once it is done with it; pipeline.shared_frames)."""
         self.stage = stage
         self.ends = ends
+        self.frames = None
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
         self.out_sockets: list[zmq.Socket] = []
@@ -203,6 +208,8 @@ class StageRunner:
                 # ends > 0: a forged end-of-stream would end this stage; refuse it
                 self.receiver = input_receiver(sock, (*stage.accepts, EndOfStream), ends,
                                                upstream, type(stage).name, stage.counters)
+                if frames_dir:
+                    self.frames = self.receiver.frames = SharedFrames(frames_dir)
             if stage.has_output:
                 senders: list[Sender] = []
                 try:
@@ -404,6 +411,8 @@ class StageRunner:
                 continue
             self.frames_in += 1
             self._timed_emit(lambda m=msg: stage.process(m))
+            if self.sender is None and self.frames is not None:
+                self.frames.release(msg.image)  # the last stage: the frame is done with
 
     def close(self) -> None:
         # a live run's next stage runs until stopped: it never leaves, so do not wait
@@ -422,3 +431,5 @@ class StageRunner:
             sock.close(linger=linger if keep else 0)
         self.sockets.clear()
         self.ctx.term()
+        if self.frames is not None:
+            self.frames.close()

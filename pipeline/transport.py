@@ -234,6 +234,7 @@ class Receiver:
         self.malformed = 0
         self.last_error = ""
         self.ledger = StreamLedger(streams)
+        self.frames = None  # SharedFrames: where frames in shared memory are read
 
     @property
     def streams(self) -> int:
@@ -252,7 +253,7 @@ class Receiver:
                 return None
             parts = self.sock.recv_multipart(copy=False)
             try:
-                msg = decode(parts, self.expect)
+                msg = decode(parts, self.expect, self.frames)
                 self.ledger.check(msg)
                 return msg
             except WireError as exc:
@@ -321,13 +322,15 @@ def peer_monitor(sock: zmq.Socket) -> zmq.Socket:
 
 
 @contextlib.contextmanager
-def private_ipc_dir(prefix: str = "gimefive-") -> Iterator[Path]:
+def private_ipc_dir(prefix: str = "gimefive-",
+                    parent: Path | None = None) -> Iterator[Path]:
     """A fresh directory (mode 0700) for ``ipc://`` sockets, removed on exit; the folders
-    of earlier runs that died (SIGKILL) are removed first (see :mod:`private_dir`)."""
+    of earlier runs that died (SIGKILL) are removed first (see :mod:`private_dir`).
+    ``parent``: where (default: the temporary folder)."""
     from gimefive.pipeline.private_dir import mark_owner, remove_stale
 
-    remove_stale(prefix)
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    remove_stale(prefix, parent)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(path, 0o700)
     mark_owner(path)
     try:

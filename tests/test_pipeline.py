@@ -120,8 +120,24 @@ def test_annotate_astronaut_end_to_end(tmp_path, clip, weights):
     assert result.frames == N and result.faces == N
     assert set(result.stages) == {"source", "detect", "classify", "track", "annotate"}
     assert all(st["cpu_s"] > 0 and st["malformed"] == 0 for st in result.stages.values())
+    assert result.stages["source"]["counters"]["shared_frames"] == N  # by reference
     assert 0 < result.parallel_efficiency <= 1.5
     assert (tmp_path / "out.mp4.config.yaml").is_file()
+
+
+@pytest.mark.integration
+def test_frames_inside_the_messages_give_the_same_json_as_shared_ones(tmp_path, clip,
+                                                                       weights):
+    lines = {}
+    for shared in (True, False):
+        config = load_annotate_config(None, weights=str(weights), backend="torch",
+                                      shared_frames=shared)
+        jsonl = tmp_path / f"{shared}.jsonl"
+        result = annotate_video(clip[0], None, json_path=jsonl, config=config,
+                                progress=False)
+        assert result.stages["source"]["counters"].get("shared_frames", 0) == N * shared
+        lines[shared] = jsonl.read_text()
+    assert lines[True] == lines[False] and len(lines[True].splitlines()) == N
 
 
 def gimefive(*args: str, **kw) -> subprocess.Popen:
@@ -186,6 +202,7 @@ def test_sigkill_of_annotate_takes_its_stages_along_and_next_run_cleans_up(tmp_p
     assert len(stages) == 5, f"not five stages: {stages}"
     detect = next(" ".join(a) for a in stages.values() if "detect" in a)
     ipc_dir = Path(detect.split("--in ipc://", 1)[1].split()[0]).parent
+    shm_dir = Path(detect.split("--frames-dir ", 1)[1].split()[0])
     try:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -195,11 +212,11 @@ def test_sigkill_of_annotate_takes_its_stages_along_and_next_run_cleans_up(tmp_p
         for pid in stages:  # on failure, do not leave orphans (no longer our descendants)
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
-    assert ipc_dir.is_dir()  # SIGKILL: nothing could remove it then ...
+    assert ipc_dir.is_dir() and shm_dir.is_dir()  # SIGKILL: nothing could remove them ...
     again = gimefive("annotate", str(clip[0]), "-o", str(tmp_path / "o2.mp4"), *args)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
-    assert not ipc_dir.exists()  # ... the next run did
+    assert not ipc_dir.exists() and not shm_dir.exists()  # ... the next run did
 
 
 def test_source_gives_up_waiting_at_the_gate(tmp_path, clip, monkeypatch):

@@ -17,22 +17,29 @@ stream first, then fails the stage with the give-up line.
 from __future__ import annotations
 
 import collections
+import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from gimefive.pipeline import degrade
 from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.messages import EndOfStream, FrameMsg, Message
 from gimefive.pipeline.probe import check_frame_size
 from gimefive.pipeline.readers import Frame, InputReader, open_reader
+from gimefive.pipeline.shared_frames import RECLAIM_S, FrameRing, ring_slots
 from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 
 from gimefive.errors import GimefiveError
 from gimefive.urls import expand_env, redact_text
 
+log = logging.getLogger(__name__)
 #: frames between decoding and sending for a file (a live input: its queue_size option)
 FILE_QUEUE_SIZE = 8
 #: a restarted source continues numbering this far past the last reported frame, so no
@@ -202,6 +209,8 @@ class SourceStage(Stage):
         self.sent = 0
         self.gave_up: BaseException | None = None
         self.degrader = degrade.Degrader()  # live inputs only: files never degrade
+        self.frames_dir = job.get("frames_dir")
+        self.ring: FrameRing | None = None  # made at the first frame, when frames_dir
 
     def setup(self) -> None:
         if not self.job.get("input"):
@@ -260,9 +269,45 @@ class SourceStage(Stage):
                      | {"sent": self.sent + 1}, degrade.KEY: step} | live_utc(msg)
         out = FrameMsg(stream=self.stream_id, index=self.index_from + msg.index, pts=pts,
                        time_base=self.time_base, rate=self._rate(),
-                       t_decoded=msg.t_decoded or time.time(), extra=extra, image=image)
+                       t_decoded=msg.t_decoded or time.time(), extra=extra,
+                       image=self._shared(image))
         self.sent += 1
         return [out]
+
+    def _shared(self, image: np.ndarray) -> np.ndarray:
+        """The frame copied into the stream's ring in shared memory, once a slot is free
+        (as a full socket queue made it wait before); as it is where there is no ring or
+        it does not fit a slot (a camera that came back larger)."""
+        if self.frames_dir and self.ring is None:
+            self.ring = self._open_ring(image) or False
+        if not self.ring or image.nbytes > self.ring.slot_bytes:
+            if self.ring:
+                self.count("inline_frames")
+            return image
+        waiting = time.monotonic()
+        with self.timed("ring_wait"):  # as a full socket queue's wait was (blocked_s)
+            while not self.ring.wait(0.25):
+                if self.reader.live and time.monotonic() - waiting >= RECLAIM_S:
+                    self.ring.reclaim()  # the frames in flight were lost with a stage
+                    self.count("ring_reclaims")
+        self.count("shared_frames")
+        return self.ring.put(image)
+
+    def _open_ring(self, image: np.ndarray) -> FrameRing | None:
+        directory = Path(self.frames_dir)
+        mine = re.compile(re.escape(self.stream_id) + r"-\d+\.(ring|wake)")
+        for path in directory.iterdir():  # a restarted source's: that process is gone
+            if mine.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+        c = self.config
+        held = 0 if self.reader.live else c.detect_batch * c.detect_every
+        slots = ring_slots(image.nbytes, self.reader.live, held)
+        try:
+            return FrameRing(directory, f"{self.stream_id}-{os.getpid()}", slots, image.nbytes)
+        except OSError as exc:
+            log.warning("no room for frames in shared memory (%s): they travel inside the "
+                        "messages", exc)
+            return None
 
     def messages(self) -> Iterator[Message | None]:
         self.feed.start()
@@ -290,6 +335,8 @@ class SourceStage(Stage):
                               reason="stopped" if self.stopping else "eof")
 
     def close(self) -> None:
+        if self.ring:
+            self.ring.close()
         if hasattr(self, "feed"):
             self.feed.stop(timeout=5)
         if hasattr(self, "reader"):
