@@ -11,10 +11,12 @@
 * ``detector_input``: RetinaFace's input made from the first frame at its own size (no
   resize; 640x360 for the bench's reference clip), NumPy's way (``astype``, subtract,
   transposed copy) against OpenCV's ``blobFromImages``; and whether the two are equal.
-* ``hop``: a stage that only passes frames on: the first frame (BGR) plus a header pushed
-  through a relay process at 75 messages a second (3 cameras at 25 fps), ZeroMQ PUSH/PULL
-  over ``ipc://`` with a high-water mark of 1 as in a live run; the relay's CPU a message
-  (receive + send, with the kernel's copies).
+* ``hop``: a stage that only passes frames on: frame messages of the first frame sent
+  through a relay process (decoded, validated, encoded again) at 75 a second (3 cameras
+  at 25 fps), ZeroMQ PUSH/PULL over ``ipc://`` with a high-water mark of 1 as in a live
+  run; the relay's CPU a message (receive + send, with the kernel's copies) and the
+  sender's (a source's), with the frame inside the messages (``inline``) and in shared
+  memory (``shared``, ``pipeline/shared_frames.py``; the last process releases it).
 
 CPU time (``time.process_time``). Not a test: the numbers depend on the machine and its
 load; run it on a quiet one, or compare the ways only.
@@ -119,10 +121,19 @@ def bench_detector_input(frames: list[np.ndarray], rounds: int) -> dict:
             "equal": bool(np.array_equal(numpy_way(), opencv_way()))}
 
 
-def _relay(folder: str, result) -> None:
-    import zmq
+def _frames(shared: str | None):
+    from gimefive.pipeline.shared_frames import SharedFrames
 
-    ctx = zmq.Context()
+    return SharedFrames(shared) if shared else None
+
+
+def _relay(folder: str, shared: str | None, result) -> None:
+    """A stage that only passes frames on: receive and validate a frame message, send it
+    on (its image by reference when ``shared``)."""
+    import zmq
+    from gimefive.pipeline.messages import decode
+
+    ctx, frames = zmq.Context(), _frames(shared)
     inbox, outbox = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     try:
         inbox.setsockopt(zmq.RCVHWM, 1)
@@ -134,10 +145,10 @@ def _relay(folder: str, result) -> None:
             if not inbox.poll(10_000):
                 result.put(None)  # the sender stopped: say so instead of a bare timeout
                 return
-            parts = inbox.recv_multipart(copy=False)
+            msg = decode(inbox.recv_multipart(copy=False), frames=frames)
             if i == 10:  # past connecting and the first allocations
                 start = time.process_time()
-            outbox.send_multipart(parts, copy=False)
+            outbox.send_multipart(msg.encode(), copy=False)
         result.put((time.process_time() - start) / (HOP_MESSAGES - 10) * 1000)
     finally:
         inbox.close(0)
@@ -145,10 +156,12 @@ def _relay(folder: str, result) -> None:
         ctx.term()
 
 
-def _drain(folder: str) -> None:
+def _drain(folder: str, shared: str | None) -> None:
+    """The last stage: receives each frame and releases it."""
     import zmq
+    from gimefive.pipeline.messages import decode
 
-    ctx = zmq.Context()
+    ctx, frames = zmq.Context(), _frames(shared)
     sock = ctx.socket(zmq.PULL)
     try:
         sock.setsockopt(zmq.RCVHWM, 1)
@@ -156,30 +169,46 @@ def _drain(folder: str) -> None:
         for _ in range(HOP_MESSAGES):
             if not sock.poll(10_000):
                 return
-            sock.recv_multipart(copy=False)
+            msg = decode(sock.recv_multipart(copy=False), frames=frames)
+            if frames is not None:
+                frames.release(msg.image)
     finally:
         sock.close(0)
         ctx.term()
 
 
-def bench_hop(frame: np.ndarray) -> dict:
+def bench_hop(frame: np.ndarray, shared: bool) -> dict:
+    """One relay hop at 75 frame messages a second; ``shared``: frames in shared memory
+    (``pipeline/shared_frames.py``, 6 slots as a camera's ring), else inside the messages."""
     import zmq
+    from gimefive.pipeline.messages import FrameMsg
+    from gimefive.pipeline.shared_frames import LIVE_SLOTS, FrameRing, frames_dir
 
-    with tempfile.TemporaryDirectory(prefix="gimefive-hop-") as folder:
+    with tempfile.TemporaryDirectory(prefix="gimefive-hop-") as folder, \
+            frames_dir(shared) as ring_dir:
         result = mp.Queue()
-        relay = mp.Process(target=_relay, args=(folder, result))
-        drain = mp.Process(target=_drain, args=(folder,))
+        args = str(ring_dir) if ring_dir else None
+        relay = mp.Process(target=_relay, args=(folder, args, result))
+        drain = mp.Process(target=_drain, args=(folder, args))
         relay.start()
         drain.start()
         ctx = zmq.Context()
         sock = ctx.socket(zmq.PUSH)
+        ring = FrameRing(ring_dir, "hop-1", LIVE_SLOTS, frame.nbytes) if ring_dir else None
         try:
             sock.setsockopt(zmq.SNDHWM, 1)
             sock.connect(f"ipc://{folder}/in")
-            header = json.dumps({"kind": "frame", "pad": "x" * 600}).encode()
-            t0 = time.perf_counter()
+            t0, cpu = time.perf_counter(), 0.0
             for n in range(HOP_MESSAGES):
-                sock.send_multipart([header, np.ascontiguousarray(frame)], copy=False)
+                start = time.process_time()
+                image = frame
+                if ring is not None:
+                    if not ring.wait(10):
+                        raise RuntimeError("hop: no slot came free for 10 s")
+                    image = ring.put(frame)
+                msg = FrameMsg(stream="hop", index=n, pts=n, time_base=[1, 25], image=image)
+                sock.send_multipart(msg.encode(), copy=False)
+                cpu += time.process_time() - start if n >= 10 else 0.0
                 wait = t0 + (n + 1) / HOP_RATE - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)  # pacing the camera's frames, not waiting for a peer
@@ -191,8 +220,11 @@ def bench_hop(frame: np.ndarray) -> dict:
             ctx.term()
             relay.join(30)
             drain.join(30)
+            if ring is not None:
+                ring.close()
     return {"messages_per_s": HOP_RATE, "frame_bytes": int(frame.nbytes),
-            "relay_cpu_ms_per_message": round(ms, 3)}
+            "relay_cpu_ms_per_message": round(ms, 3),
+            "source_cpu_ms_per_message": round(cpu / (HOP_MESSAGES - 10) * 1000, 3)}
 
 
 def main() -> None:
@@ -204,7 +236,8 @@ def main() -> None:
     frames = sample_frames(args.clip)
     results = {"wire": bench_wire(args.rounds), "encode": bench_encode(frames, args.rounds),
                "detector_input": bench_detector_input(frames, args.rounds),
-               "hop": bench_hop(frames[0])}
+               "hop": {"inline": bench_hop(frames[0], shared=False),
+                       "shared": bench_hop(frames[0], shared=True)}}
     text = json.dumps(results, indent=1)
     print(text)
     if args.json:

@@ -31,6 +31,11 @@ and :class:`EndOfStream` travels the same way at the end of each stream (``reaso
 ``eof``, ``stopped`` or ``error``). Array buffers are sent with ``copy=False``; received
 arrays are views on the ZeroMQ frames, not copies (copy before drawing on an image).
 
+On one host the image lies in shared memory instead (:mod:`shared_frames`): its array
+spec adds ``"ring"``, ``"slot"`` and ``"seq"`` and no buffer follows for it; :func:`decode`
+resolves it through the stage's :class:`~gimefive.pipeline.shared_frames.SharedFrames`
+(a stage without one refuses it).
+
 Every message is checked against size limits (:data:`MAX_PIXELS` and the rest) before it
 is parsed. The sockets that carry messages are in :mod:`transport` (which also has ZeroMQ
 drop any part over :data:`MAX_FRAME_BYTES`); stage -> supervisor reports in :mod:`control`.

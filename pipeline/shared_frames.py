@@ -250,7 +250,12 @@ class SharedFrames:
             raise WireError(f"frame in shared memory: ring name {name!r:.40} is not valid")
         ring = self.rings.get(name)
         if ring is None:
-            ring = self.rings[name] = _OpenRing(self.directory, name)
+            ring = _OpenRing(self.directory, name)
+            # a stream's new ring (its source restarted): the old one's memory goes
+            stream = name.rpartition("-")[0]
+            for old in [n for n in self.rings if n.rpartition("-")[0] == stream]:
+                self.rings.pop(old).close()
+            self.rings[name] = ring
             while len(self.rings) > self.MAX_OPEN:
                 self.rings.popitem(last=False)[1].close()
         self.rings.move_to_end(name)

@@ -227,7 +227,13 @@ def test_metrics_across_a_real_camera_outage(tmp_path, weights):
         run.wait_for(lambda: sample("gimefive_camera_up") == 0, 60, "the camera shown down")
         during = snapshot()
         server.start()
+        # back up: reconnected, decoding and writing again (frames still in flight when
+        # the camera went down may be written after the "during" snapshot: not enough)
         run.wait_for(lambda: sample("gimefive_camera_up") == 1
+                     and sample("gimefive_reconnects_total")
+                     > before["gimefive_reconnects_total"]
+                     and sample("gimefive_frames_decoded_total")
+                     > during["gimefive_frames_decoded_total"]
                      and sample("gimefive_frames_written_total")
                      > during["gimefive_frames_written_total"], 90, "the camera back up")
         after = snapshot()

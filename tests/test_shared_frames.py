@@ -195,3 +195,61 @@ def test_ring_sizes_follow_the_kind_of_input_and_a_memory_cap():
     big = 7680 * 4320 * 3  # 8K: the cap decides, never fewer than 2
     assert ring_slots(big, live=False) * big <= shared_frames.MAX_RING_BYTES
     assert ring_slots(big * 40, live=True) == 2
+
+
+def test_a_restarted_sources_new_ring_replaces_its_old_one_in_the_readers(folder):
+    old, frames = FrameRing(folder, "cam0-100", 2, 64 * 36 * 3), SharedFrames(folder)
+    other = FrameRing(folder, "cam0-extra-7", 2, 64 * 36 * 3)  # another stream's
+    for ring in (old, other):
+        decode(_frame(ring.put(_image(1))).encode(), frames=frames)
+    new = FrameRing(folder, "cam0-101", 2, 64 * 36 * 3)
+    decode(_frame(new.put(_image(2))).encode(), frames=frames)
+    assert list(frames.rings) == ["cam0-extra-7", "cam0-101"]
+    frames.close()
+    for ring in (old, other, new):
+        ring.close()
+
+
+def _source(folder, live: bool):
+    """A source stage as far as its ring goes: the reader only says live or not."""
+    from types import SimpleNamespace
+
+    from gimefive.pipeline.config import load_annotate_config
+    from gimefive.pipeline.stages.source import SourceStage
+
+    stage = SourceStage(load_annotate_config(None), frames_dir=str(folder), stream="cam0")
+    stage.reader = SimpleNamespace(live=live)
+    return stage
+
+
+def test_a_camera_source_takes_its_slots_back_when_nothing_is_released(folder, monkeypatch):
+    monkeypatch.setattr("gimefive.pipeline.stages.source.RECLAIM_S", 0.3)
+    stage = _source(folder, live=True)
+    images = [stage._shared(_image(i)) for i in range(LIVE_SLOTS)]
+    assert all(i.ref for i in images) and stage.ring.in_flight == LIVE_SLOTS
+    start = time.monotonic()
+    again = stage._shared(_image(99))  # every slot taken, and nothing comes back
+    assert time.monotonic() - start >= 0.3 and again.ref[2] == LIVE_SLOTS
+    assert stage.counters["ring_reclaims"] == 1
+    assert stage.counters["shared_frames"] == LIVE_SLOTS + 1
+    # a camera that came back larger: its frames go inside the messages
+    assert not isinstance(stage._shared(_image(1, (72, 64, 3))), shared_frames.SharedImage)
+    assert stage.counters["inline_frames"] == 1
+    stage.ring.close()
+
+
+def test_a_file_source_waits_for_a_release_and_loses_nothing(folder):
+    stage = _source(folder, live=False)
+    first = stage._shared(_image(0))
+    while stage.ring.in_flight < stage.ring.slots:
+        stage._shared(_image(1))
+    frames = SharedFrames(folder)
+    decode(_frame(first).encode(), frames=frames)
+    last = first.ref[2] + stage.ring.slots - 1
+    threading.Timer(0.5, lambda: frames._ring(first.ref[0]).release(last)).start()
+    start = time.monotonic()
+    nxt = stage._shared(_image(2))  # waits (no reclaim for a file) until the release
+    assert time.monotonic() - start >= 0.4 and nxt.ref[2] == last + 1
+    assert "ring_reclaims" not in stage.counters
+    frames.close()
+    stage.ring.close()
