@@ -271,15 +271,18 @@ class StageRunner:
         now = time.perf_counter()
         wall = now - self.started if self.started else 0.0
         cpu = time.process_time() - self.cpu_start if self.started else 0.0
+        # a source waiting for a free slot of its ring (shared_frames) is held back by
+        # the stages after it, as by a full socket queue: blocked, not busy
+        waited = self.stage.timers.get("ring_wait", 0.0)
         return {
             "frames_in": self.frames_in, "frames_out": self.frames_out,
             "malformed": self.receiver.malformed if self.receiver else 0,
             "last_malformed": self.receiver.last_error if self.receiver else "",
-            "wall_s": wall, "cpu_s": cpu, "busy_s": self.busy_s,
+            "wall_s": wall, "cpu_s": cpu, "busy_s": self.busy_s - waited,
             # wall-clock span of the work, comparable across processes on one host
             "first_at": time.time() - (now - self.started) if self.started else None,
             "last_at": time.time(),
-            "blocked_s": self.sender.blocked_s if self.sender else 0.0,
+            "blocked_s": (self.sender.blocked_s if self.sender else 0.0) + waited,
             "max_rss_mb": peak_rss_mb(),
             "counters": dict(self.stage.counters), "timers": dict(self.stage.timers),
         }

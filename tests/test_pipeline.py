@@ -121,6 +121,8 @@ def test_annotate_astronaut_end_to_end(tmp_path, clip, weights):
     assert set(result.stages) == {"source", "detect", "classify", "track", "annotate"}
     assert all(st["cpu_s"] > 0 and st["malformed"] == 0 for st in result.stages.values())
     assert result.stages["source"]["counters"]["shared_frames"] == N  # by reference
+    source = result.stages["source"]  # waiting for a free slot is blocked, not busy
+    assert source["blocked_s"] >= round(source["timers_s"].get("ring_wait", 0), 2) >= 0
     assert 0 < result.parallel_efficiency <= 1.5
     assert (tmp_path / "out.mp4.config.yaml").is_file()
 
