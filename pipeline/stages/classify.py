@@ -17,6 +17,8 @@ engines release the GIL, so a second call uses a core the first would leave idle
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from gimefive.pipeline import degrade, devices
 from gimefive.pipeline.crops import crop_geometry, cut_faces
@@ -154,7 +156,10 @@ class ClassifyStage(Stage):
 
             with self.timed("crop"):
                 items = [(image, c) for image, c in items if len(c)]
-                frames = [torch.from_numpy(image).to(self.crop_device) for image, _ in items]
+                with warnings.catch_warnings():  # a frame in shared memory is read-only;
+                    warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                    frames = [torch.from_numpy(image).to(self.crop_device)  # copied at once
+                              for image, _ in items]
                 batch = preprocess_crops_torch(frames, [c for _, c in items])
                 return np.ascontiguousarray(batch.cpu().numpy(), np.float32)
         with self.timed("crop"):
