@@ -125,13 +125,15 @@ class Message:
             check_stream_id(self.stream, f"{self.KIND} message: stream id")
         _check_arrays(self.KIND, {n: getattr(self, n) for n in self.ARRAYS}, self.ARRAYS)
 
-    def encode(self) -> list[Any]:
-        """Multipart parts: the JSON header then the array buffers (no copies made)."""
+    def encode(self, inline: bool = False) -> list[Any]:
+        """Multipart parts: the JSON header then the array buffers (no copies made).
+        An image in shared memory goes as its place, unless ``inline`` (a hop to
+        another host)."""
         arrays = [(n, getattr(self, n)) for n in self.ARRAYS if getattr(self, n) is not None]
         specs, buffers = [], []
         for name, array in arrays:  # the dtype __post_init__ checked
             spec = {"name": name, "dtype": self.ARRAYS[name][0], "shape": list(array.shape)}
-            ref = getattr(array, "ref", None)  # an image in shared memory (shared_frames)
+            ref = None if inline else getattr(array, "ref", None)  # (shared_frames)
             if ref is None:
                 buffers.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
             else:

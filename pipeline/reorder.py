@@ -35,6 +35,10 @@ log = logging.getLogger("gimefive.reorder")
 #: plus a batch); a live run (HWM 1) gives up on a lost frame within about a second.
 HELD_PER_REPLICA = 128
 LIVE_HELD_PER_REPLICA = 16
+#: a live run also gives a missing frame up once the frames after it have waited this
+#: long: with frames in shared memory a camera has only a few in flight
+#: (shared_frames.LIVE_SLOTS), fewer than the count above, so that alone would never come
+LIVE_WAIT_S = 1.0
 
 
 class InOrder:
@@ -54,6 +58,7 @@ class InOrder:
         self.next: dict[str, int] = {}
         self.held: dict[str, dict[int, Message | None]] = {}
         self.released: dict[str, int] = {}
+        self.waiting: dict[str, float] = {}  # since when a stream's held frames wait
         self.most_held = self.skipped = self.late = self.restarts = 0
 
     def add(self, msg: Message) -> list[Message]:
@@ -76,6 +81,24 @@ class InOrder:
         self.most_held = max(self.most_held, len(held))  # waiting for an earlier one
         if len(held) > self.limit:
             out += self._overflow(stream)
+        if self.held[stream]:
+            self.waiting.setdefault(stream, time.monotonic())
+        else:
+            self.waiting.pop(stream, None)
+        return out
+
+    def expire(self, wait_s: float) -> list[Message]:
+        """Live: the frames of every stream whose held ones have waited ``wait_s`` for a
+        missing one, which is given up (as past the limit)."""
+        out, now = [], time.monotonic()
+        for stream, since in list(self.waiting.items()):
+            if now - since >= wait_s and self.held.get(stream):
+                out += self._overflow(stream)
+                if self.held[stream]:
+                    self.waiting[stream] = now
+                    continue
+            if not self.held.get(stream):
+                self.waiting.pop(stream, None)
         return out
 
     def skip(self, stream: str, seq: int) -> list[Message]:
@@ -87,6 +110,7 @@ class InOrder:
     def end(self, stream: str) -> list[Message]:
         """The stream ended: everything held, in order, gaps and all; its state goes."""
         held = self.held.pop(stream, {})
+        self.waiting.pop(stream, None)
         self.next.pop(stream, None)
         out = [held[seq] for seq in sorted(held) if held[seq] is not None]
         self.released[stream] = self.released.get(stream, 0) + len(out)
@@ -206,8 +230,16 @@ class ReplicaReceiver(Receiver):
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while not self.ready:
             wait = None if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
+            if self.live and self.order.waiting:  # look at the held frames' wait often
+                wait = LIVE_WAIT_S * 250 if wait is None else min(wait, LIVE_WAIT_S * 250)
             msg = super().recv(wait)
+            if self.live and self.order.waiting:
+                self.ready.extend(self.order.expire(LIVE_WAIT_S))
             if msg is None:
+                if self.ready:
+                    break
+                if deadline is None or time.monotonic() < deadline:
+                    continue
                 return None
             try:
                 self._take(msg)

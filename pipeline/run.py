@@ -42,7 +42,12 @@ from gimefive.pipeline.supervisor import (
     Supervisor,
     restart_cannot_fix,
 )
-from gimefive.pipeline.transport import CurveKeys, ipc_endpoint, private_ipc_dir
+from gimefive.pipeline.transport import (
+    CurveKeys,
+    ipc_endpoint,
+    leaves_host,
+    private_ipc_dir,
+)
 
 from gimefive.config import save_config, to_dict
 from gimefive.errors import GimefiveError, StageError
@@ -76,7 +81,8 @@ def run_stage(name: str, in_: str | None, out: str | None, config: AnnotateConfi
     cls = stage_class(name)
     if name == "source":
         job["input"], in_ = in_, None
-        job["frames_dir"] = frames_dir
+        # frames for another host travel inside the messages: no ring
+        job["frames_dir"] = None if leaves_host(out) else frames_dir
     if name == "annotate":
         job["output"], out = ("" if out == "-" else out), None
     status = StageError.exit_code

@@ -15,9 +15,11 @@ in the ring's header (a stream's frames reach it in order), and wakes the source
 a FIFO. A source with every slot taken waits, as it waited on a full socket before: a
 file loses nothing, a camera's decode queue drops its oldest frames meanwhile (counted,
 and seen by the degrade ladder). A live source whose ring stays full for
-:data:`RECLAIM_S` (the frames in flight were lost with a restarted stage) takes its slots
-back. Each slot also records the sequence number it holds, so a reference to a frame
-that was overwritten is refused (a :class:`WireError`), never read as another frame.
+:data:`RENEW_S` (frames lost with a restarted stage, which nothing will release)
+starts a fresh ring and removes the old one's files; frames still held in the old one
+keep their memory until the stages drop them, so nothing in flight is overwritten. Each
+slot also records the sequence number it holds, so a reference to a frame that was
+overwritten is refused (a :class:`WireError`), never read as another frame.
 
 Across hosts (``tcp://``) frames travel inside the messages, as before: a stage started
 without ``--frames-dir`` refuses a reference. Linux only (``/dev/shm``, FIFOs); where it
@@ -57,9 +59,9 @@ LIVE_SLOTS = 6
 FILE_SLOTS = 16
 #: the most shared memory one stream's ring may take (a 4K stream gets fewer slots)
 MAX_RING_BYTES = 256 << 20
-#: a live ring full this long without a release: the frames in it were lost (a stage
-#: restarted), take the slots back
-RECLAIM_S = 3.0
+#: a live ring full this long without a release: its frames were lost (a stage
+#: restarted); the source starts a fresh ring
+RENEW_S = 3.0
 RING_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
@@ -116,8 +118,7 @@ class FrameRing:
             self.wake_fd = os.open(self.wake_path, os.O_RDWR | os.O_NONBLOCK)
         except BaseException:
             self.close()
-            for path in (self.path, self.wake_path):
-                path.unlink(missing_ok=True)
+            self.remove()
             raise
         finally:
             os.close(fd)
@@ -138,10 +139,6 @@ class FrameRing:
                 os.read(self.wake_fd, 4096)  # the wake-ups so far; the count is the truth
         return self.in_flight < self.slots
 
-    def reclaim(self) -> None:
-        """Take every slot back (the frames in flight are lost)."""
-        self.header[_RELEASED] = self.written
-
     def put(self, image: np.ndarray) -> SharedImage | None:
         """Copy ``image`` into the next slot (call when :meth:`wait` said one is free);
         None when it is bigger than a slot (a camera that came back larger)."""
@@ -158,10 +155,15 @@ class FrameRing:
         shared.ref = (self.name, slot, seq)
         return shared
 
+    def remove(self) -> None:
+        """Remove the ring's files (stages that mapped it keep their mapping)."""
+        for path in (self.path, self.wake_path):
+            path.unlink(missing_ok=True)
+
     def close(self) -> None:
-        """Unmap the ring. Its files stay: a stage may not have opened them yet (the
-        frames of a short file, still in flight); the run's folder goes when the run
-        ends, and a restarted source removes its predecessor's."""
+        """Unmap the ring. Its files stay (:meth:`remove`): a stage may not have opened
+        them yet (the frames of a short file, still in flight); the run's folder goes
+        when the run ends, and a restarted source removes its predecessor's."""
         if self.wake_fd is not None:
             os.close(self.wake_fd)
             self.wake_fd = None
@@ -239,7 +241,7 @@ class SharedFrames:
     """A reading stage's side: the rings of a run's frames folder, mapped as frames
     refer to them (at most :attr:`MAX_OPEN`, least recently used closed first)."""
 
-    MAX_OPEN = 64
+    MAX_OPEN = 512  # above a monitor's most cameras (256), with room for restarts
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -276,6 +278,11 @@ class SharedFrames:
             ring = self.rings.get(ref[0])
             if ring is not None:
                 ring.release(ref[2])
+
+    def forget(self, stream: str) -> None:
+        """The stream ended: its rings' mappings go (once no frame of theirs is held)."""
+        for name in [n for n in self.rings if n.rpartition("-")[0] == stream]:
+            self.rings.pop(name).close()
 
     def close(self) -> None:
         for ring in self.rings.values():

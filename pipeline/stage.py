@@ -29,7 +29,7 @@ from gimefive.pipeline.messages import EndOfStream, Message
 from gimefive.pipeline.reorder import input_receiver
 from gimefive.pipeline.replicas import fan_out, split_endpoints
 from gimefive.pipeline.shared_frames import SharedFrames
-from gimefive.pipeline.transport import Sender, open_socket, peer_monitor
+from gimefive.pipeline.transport import Sender, leaves_host, open_socket, peer_monitor
 
 from gimefive.errors import GimefiveError
 from gimefive.memory import peak_rss_mb, process_age_s
@@ -197,6 +197,7 @@ class StageRunner:
         self.stage = stage
         self.ends = ends
         self.frames = None
+        self.releases_on_send = False  # the frames' last stage on this host sends on
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
         self.out_sockets: list[zmq.Socket] = []
@@ -210,6 +211,8 @@ class StageRunner:
                                                upstream, type(stage).name, stage.counters)
                 if frames_dir:
                     self.frames = self.receiver.frames = SharedFrames(frames_dir)
+                    self.releases_on_send = stage.has_output and any(
+                        leaves_host(e) for e in split_endpoints(out_endpoint))
             if stage.has_output:
                 senders: list[Sender] = []
                 try:
@@ -257,7 +260,7 @@ class StageRunner:
             for monitor in monitors:  # an open monitor would block ctx.term()
                 monitor.close(0)
             raise
-        return Sender(sock, monitors[0])
+        return Sender(sock, monitors[0], inline=leaves_host(endpoint))
 
     # -- reporting
     def report(self, event: str, **data: Any) -> None:
@@ -329,6 +332,8 @@ class StageRunner:
             self.sender.send(msg)
             if not isinstance(msg, EndOfStream):
                 self.frames_out += 1
+                if self.releases_on_send:  # sent inline to another host: done with here
+                    self.frames.release(msg.image)
 
     def _timed_emit(self, produce) -> None:
         start = time.perf_counter()
@@ -411,6 +416,8 @@ class StageRunner:
             if isinstance(msg, EndOfStream):
                 ended += 1
                 self._timed_emit(lambda m=msg: stage.end_stream(m))
+                if self.frames is not None:
+                    self.frames.forget(msg.stream)
                 continue
             self.frames_in += 1
             self._timed_emit(lambda m=msg: stage.process(m))

@@ -270,9 +270,11 @@ class Sender:
     socket open after the end-of-stream until the receiving stage has gone.
     """
 
-    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None = None) -> None:
+    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None = None,
+                 inline: bool = False) -> None:
         self.sock = sock
         self.monitor = monitor
+        self.inline = inline  # frames inside the messages: a hop to another host
         self.peers = 0  # connections now up, from the monitor's events
         self.sent = 0
         self.blocked_s = 0.0
@@ -306,7 +308,7 @@ class Sender:
             self.monitor = None
 
     def send(self, msg: Message) -> None:
-        parts = msg.encode()
+        parts = msg.encode(self.inline)
         try:
             self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -314,6 +316,12 @@ class Sender:
             self.sock.send_multipart(parts, copy=False)
             self.blocked_s += time.perf_counter() - start
         self.sent += 1
+
+
+def leaves_host(endpoint: str | None) -> bool:
+    """Whether a stage's output may reach another host (anything but ``ipc://``): frames
+    in shared memory then travel inside the messages."""
+    return bool(endpoint) and urlsplit(endpoint).scheme != "ipc"
 
 
 def peer_monitor(sock: zmq.Socket) -> zmq.Socket:

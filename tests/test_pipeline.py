@@ -121,8 +121,6 @@ def test_annotate_astronaut_end_to_end(tmp_path, clip, weights):
     assert set(result.stages) == {"source", "detect", "classify", "track", "annotate"}
     assert all(st["cpu_s"] > 0 and st["malformed"] == 0 for st in result.stages.values())
     assert result.stages["source"]["counters"]["shared_frames"] == N  # by reference
-    source = result.stages["source"]  # waiting for a free slot is blocked, not busy
-    assert source["blocked_s"] >= round(source["timers_s"].get("ring_wait", 0), 2) >= 0
     assert 0 < result.parallel_efficiency <= 1.5
     assert (tmp_path / "out.mp4.config.yaml").is_file()
 
@@ -132,8 +130,10 @@ def test_frames_inside_the_messages_give_the_same_json_as_shared_ones(tmp_path, 
                                                                        weights):
     lines = {}
     for shared in (True, False):
+        # one frame a detector batch: a ring of 17 slots for 20 frames, so the source
+        # has to wait for the annotate stage's releases
         config = load_annotate_config(None, weights=str(weights), backend="torch",
-                                      shared_frames=shared)
+                                      shared_frames=shared, detect_batch=1)
         jsonl = tmp_path / f"{shared}.jsonl"
         result = annotate_video(clip[0], None, json_path=jsonl, config=config,
                                 progress=False)

@@ -116,8 +116,9 @@ def test_a_release_in_another_thread_wakes_a_waiting_source(folder):
 def test_a_reference_to_an_overwritten_frame_is_refused(folder):
     ring, frames = _ring(folder, slots=2), SharedFrames(folder)
     old = _frame(ring.put(_image(1))).encode()
-    ring.put(_image(2))
-    ring.reclaim()  # a live source takes its slots back
+    second = ring.put(_image(2))
+    decode(old, frames=frames)
+    frames.release(second)  # a forged or stray reference that outlived its frame
     ring.put(_image(3))  # frame 2 now lies in slot 0
     with pytest.raises(WireError, match="no longer in its slot"):
         decode(old, frames=frames)
@@ -222,19 +223,27 @@ def _source(folder, live: bool):
     return stage
 
 
-def test_a_camera_source_takes_its_slots_back_when_nothing_is_released(folder, monkeypatch):
-    monkeypatch.setattr("gimefive.pipeline.stages.source.RECLAIM_S", 0.3)
+def test_a_camera_source_starts_a_fresh_ring_when_nothing_is_released(folder, monkeypatch):
+    monkeypatch.setattr("gimefive.pipeline.stages.source.RENEW_S", 0.3)
     stage = _source(folder, live=True)
     images = [stage._shared(_image(i)) for i in range(LIVE_SLOTS)]
     assert all(i.ref for i in images) and stage.ring.in_flight == LIVE_SLOTS
+    frames = SharedFrames(folder)
+    held = decode(_frame(images[0]).encode(), frames=frames).image  # a stage holds it
     start = time.monotonic()
     again = stage._shared(_image(99))  # every slot taken, and nothing comes back
-    assert time.monotonic() - start >= 0.3 and again.ref[2] == LIVE_SLOTS
-    assert stage.counters["ring_reclaims"] == 1
+    assert time.monotonic() - start >= 0.3 and stage.counters["ring_renewals"] == 1
+    assert again.ref[0] != images[0].ref[0] and again.ref[1:] == (0, 0)
+    assert sorted(p.name for p in folder.glob("cam0-*")) == [
+        f"{again.ref[0]}.ring", f"{again.ref[0]}.wake"]  # the old ring's files are gone
+    assert np.array_equal(held, _image(0))  # and what a stage holds is not overwritten
+    decode(_frame(again).encode(), frames=frames)
+    assert list(frames.rings) == [again.ref[0]]  # the readers drop the old ring
     assert stage.counters["shared_frames"] == LIVE_SLOTS + 1
     # a camera that came back larger: its frames go inside the messages
     assert not isinstance(stage._shared(_image(1, (72, 64, 3))), shared_frames.SharedImage)
     assert stage.counters["inline_frames"] == 1
+    frames.close()
     stage.ring.close()
 
 
@@ -248,8 +257,38 @@ def test_a_file_source_waits_for_a_release_and_loses_nothing(folder):
     last = first.ref[2] + stage.ring.slots - 1
     threading.Timer(0.5, lambda: frames._ring(first.ref[0]).release(last)).start()
     start = time.monotonic()
-    nxt = stage._shared(_image(2))  # waits (no reclaim for a file) until the release
+    nxt = stage._shared(_image(2))  # waits (never a fresh ring for a file) until the release
     assert time.monotonic() - start >= 0.4 and nxt.ref[2] == last + 1
-    assert "ring_reclaims" not in stage.counters
+    assert "ring_renewals" not in stage.counters
     frames.close()
     stage.ring.close()
+
+
+def test_a_hop_to_another_host_carries_the_frame_itself(folder):
+    from gimefive.pipeline.transport import leaves_host
+
+    ring = _ring(folder)
+    image = _image(5)
+    parts = _frame(ring.put(image)).encode(inline=True)
+    assert len(parts) == 2 and b'"ring"' not in parts[0]
+    assert np.array_equal(decode(parts).image, image)  # no frames folder needed there
+    assert leaves_host("tcp://10.0.0.2:5601") and leaves_host("tcp://127.0.0.1:5601")
+    assert not leaves_host("ipc:///tmp/g/detect.sock") and not leaves_host(None)
+    ring.close()
+
+
+def test_a_live_reorder_gives_a_lost_frame_up_after_a_wait_not_only_a_count():
+    from gimefive.pipeline.reorder import InOrder
+
+    order = InOrder(limit=32, live=True)
+    msgs = [_frame(_image(0, (2, 2, 3)), index=i) for i in range(4)]
+    for i, msg in enumerate(msgs):
+        msg.seq = i
+    assert order.add(msgs[1]) == [] and order.add(msgs[2]) == []  # 0 is lost
+    assert order.expire(60.0) == []  # not yet
+    assert order.expire(0.0) == msgs[1:3] and order.skipped == 1 and not order.waiting
+    assert order.add(msgs[3]) == [msgs[3]]
+    with pytest.raises(Exception, match="wait for frame"):
+        file_order = InOrder(limit=32)
+        file_order.add(msgs[1])
+        file_order.expire(0.0)  # a file run never gives a frame up: an error

@@ -32,7 +32,7 @@ from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.messages import EndOfStream, FrameMsg, Message
 from gimefive.pipeline.probe import check_frame_size
 from gimefive.pipeline.readers import Frame, InputReader, open_reader
-from gimefive.pipeline.shared_frames import RECLAIM_S, FrameRing, ring_slots
+from gimefive.pipeline.shared_frames import RENEW_S, FrameRing, ring_slots
 from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 
@@ -211,6 +211,7 @@ class SourceStage(Stage):
         self.degrader = degrade.Degrader()  # live inputs only: files never degrade
         self.frames_dir = job.get("frames_dir")
         self.ring: FrameRing | None = None  # made at the first frame, when frames_dir
+        self.rings_made = 0
 
     def setup(self) -> None:
         if not self.job.get("input"):
@@ -287,15 +288,24 @@ class SourceStage(Stage):
         waiting = time.monotonic()
         with self.timed("ring_wait"):  # as a full socket queue's wait was (blocked_s)
             while not self.ring.wait(0.25):
-                if self.reader.live and time.monotonic() - waiting >= RECLAIM_S:
-                    self.ring.reclaim()  # the frames in flight were lost with a stage
-                    self.count("ring_reclaims")
+                if self.reader.live and time.monotonic() - waiting >= RENEW_S:
+                    self._fresh_ring(image)  # its frames were lost with a stage
+                    if not self.ring:
+                        return image
         self.count("shared_frames")
         return self.ring.put(image)
 
+    def _fresh_ring(self, image: np.ndarray) -> None:
+        """A new ring instead of a full one nothing releases; the old one's frames that
+        a stage still holds are not overwritten (their memory goes with the last)."""
+        self.ring.close()
+        self.ring.remove()
+        self.ring = self._open_ring(image) or False
+        self.count("ring_renewals")
+
     def _open_ring(self, image: np.ndarray) -> FrameRing | None:
         directory = Path(self.frames_dir)
-        mine = re.compile(re.escape(self.stream_id) + r"-\d+\.(ring|wake)")
+        mine = re.compile(re.escape(self.stream_id) + r"-\d+_\d+\.(ring|wake)")
         for path in directory.iterdir():  # a restarted source's: that process is gone
             if mine.fullmatch(path.name):
                 path.unlink(missing_ok=True)
@@ -303,7 +313,9 @@ class SourceStage(Stage):
         held = 0 if self.reader.live else c.detect_batch * c.detect_every
         slots = ring_slots(image.nbytes, self.reader.live, held)
         try:
-            return FrameRing(directory, f"{self.stream_id}-{os.getpid()}", slots, image.nbytes)
+            self.rings_made += 1  # named STREAM-PID_N: readers know a stream's by STREAM
+            return FrameRing(directory, f"{self.stream_id}-{os.getpid()}_{self.rings_made}",
+                             slots, image.nbytes)
         except OSError as exc:
             log.warning("no room for frames in shared memory (%s): they travel inside the "
                         "messages", exc)
@@ -337,6 +349,8 @@ class SourceStage(Stage):
     def close(self) -> None:
         if self.ring:
             self.ring.close()
+            if self.reader.live:  # a camera removed for good leaves nothing on /dev/shm
+                self.ring.remove()  # (a file's last frames may not be opened yet)
         if hasattr(self, "feed"):
             self.feed.stop(timeout=5)
         if hasattr(self, "reader"):
