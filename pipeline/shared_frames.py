@@ -6,7 +6,7 @@ frame_overheads.py``), a sixth of what a live stream may spend on a frame on 2 c
 On one host the source instead writes each frame once into a *ring* of slots in a
 private folder on ``/dev/shm`` (tmpfs, mode 0700), and the message carries the frame's
 place (ring, slot, sequence number) in its array spec (:mod:`messages`); each stage
-maps the ring read-only-for-it and reads the frame where it lies.
+maps the ring and reads the frame where it lies (as a read-only array).
 
 Flow control is by slots, not by socket queues (small messages fit by the dozen in a
 kernel buffer, so ZeroMQ's high-water marks no longer bound the frames in flight): the
@@ -63,6 +63,8 @@ MAX_RING_BYTES = 256 << 20
 #: restarted); the source starts a fresh ring
 RENEW_S = 3.0
 RING_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
+#: the source stage's timer of its waits for a free slot (blocked, not busy: StageRunner)
+RING_WAIT = "ring_wait"
 
 
 class SharedImage(np.ndarray):
@@ -90,6 +92,34 @@ def _ring_path(directory: Path, name: str, suffix: str) -> Path:
 def _map(fd: int, size: int) -> tuple[mmap.mmap, np.ndarray]:
     memory = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     return memory, np.frombuffer(memory, np.int64, HEADER_BYTES // 8)
+
+
+def _slot_image(memory: mmap.mmap, name: str, slot: int, seq: int, slot_bytes: int,
+                shape: tuple[int, ...] | list[int], size: int) -> SharedImage:
+    """The ``shape`` image in ``slot`` of a mapped ring, knowing its place."""
+    start = HEADER_BYTES + slot * slot_bytes
+    shared = np.frombuffer(memory, np.uint8, size, start).reshape(shape).view(SharedImage)
+    shared.ref = (name, slot, seq)
+    return shared
+
+
+def ring_name(stream: str, number: int) -> str:
+    """The name of a stream's ``number``-th ring made by this process: STREAM-PID_N."""
+    return f"{stream}-{os.getpid()}_{number}"
+
+
+def _stream(name: str) -> str:
+    """The stream a ring is of (:func:`ring_name`)."""
+    return name.rpartition("-")[0]
+
+
+def remove_rings(directory: Path, stream: str) -> None:
+    """Remove every ring file of ``stream`` in ``directory`` (a restarted source's
+    predecessors: that process is gone)."""
+    mine = re.compile(re.escape(stream) + r"-\d+_\d+\.(ring|wake)")
+    for path in directory.iterdir():
+        if mine.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 class FrameRing:
@@ -146,13 +176,11 @@ class FrameRing:
             return None
         seq = self.written
         slot = seq % self.slots
-        start = HEADER_BYTES + slot * self.slot_bytes
-        view = np.frombuffer(self.memory, np.uint8, image.nbytes, start).reshape(image.shape)
-        view[...] = image
+        shared = _slot_image(self.memory, self.name, slot, seq, self.slot_bytes,
+                             image.shape, image.nbytes)
+        shared[...] = image
         self.header[_SEQS + slot] = seq
         self.written += 1
-        shared = view.view(SharedImage)
-        shared.ref = (self.name, slot, seq)
         return shared
 
     def remove(self) -> None:
@@ -209,11 +237,8 @@ class _OpenRing:
         if int(self.header[_SEQS + slot]) != seq:
             raise WireError(f"frame in shared memory: frame {seq} of ring {self.name!r} "
                             f"is no longer in its slot")
-        start = HEADER_BYTES + slot * self.slot_bytes
-        view = np.frombuffer(self.memory, np.uint8, size, start).reshape(shape)
-        view.flags.writeable = False  # the source's frame: no stage draws on it
-        shared = view.view(SharedImage)
-        shared.ref = (self.name, slot, seq)
+        shared = _slot_image(self.memory, self.name, slot, seq, self.slot_bytes, shape, size)
+        shared.flags.writeable = False  # the source's frame: no stage draws on it
         return shared
 
     def release(self, seq: int) -> None:
@@ -253,10 +278,7 @@ class SharedFrames:
         ring = self.rings.get(name)
         if ring is None:
             ring = _OpenRing(self.directory, name)
-            # a stream's new ring (its source restarted): the old one's memory goes
-            stream = name.rpartition("-")[0]
-            for old in [n for n in self.rings if n.rpartition("-")[0] == stream]:
-                self.rings.pop(old).close()
+            self.forget(_stream(name))  # a stream's new ring: the old one's memory goes
             self.rings[name] = ring
             while len(self.rings) > self.MAX_OPEN:
                 self.rings.popitem(last=False)[1].close()
@@ -281,7 +303,7 @@ class SharedFrames:
 
     def forget(self, stream: str) -> None:
         """The stream ended: its rings' mappings go (once no frame of theirs is held)."""
-        for name in [n for n in self.rings if n.rpartition("-")[0] == stream]:
+        for name in [n for n in self.rings if _stream(n) == stream]:
             self.rings.pop(name).close()
 
     def close(self) -> None:

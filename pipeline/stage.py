@@ -28,7 +28,7 @@ from gimefive.pipeline.control import control_message
 from gimefive.pipeline.messages import EndOfStream, Message
 from gimefive.pipeline.reorder import input_receiver
 from gimefive.pipeline.replicas import fan_out, split_endpoints
-from gimefive.pipeline.shared_frames import SharedFrames
+from gimefive.pipeline.shared_frames import RING_WAIT, SharedFrames
 from gimefive.pipeline.transport import Sender, leaves_host, open_socket, peer_monitor
 
 from gimefive.errors import GimefiveError
@@ -276,7 +276,7 @@ class StageRunner:
         cpu = time.process_time() - self.cpu_start if self.started else 0.0
         # a source waiting for a free slot of its ring (shared_frames) is held back by
         # the stages after it, as by a full socket queue: blocked, not busy
-        waited = self.stage.timers.get("ring_wait", 0.0)
+        waited = self.stage.timers.get(RING_WAIT, 0.0)
         return {
             "frames_in": self.frames_in, "frames_out": self.frames_out,
             "malformed": self.receiver.malformed if self.receiver else 0,

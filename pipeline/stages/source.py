@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +30,14 @@ from gimefive.pipeline.live_source import LiveOptions
 from gimefive.pipeline.messages import EndOfStream, FrameMsg, Message
 from gimefive.pipeline.probe import check_frame_size
 from gimefive.pipeline.readers import Frame, InputReader, open_reader
-from gimefive.pipeline.shared_frames import RENEW_S, FrameRing, ring_slots
+from gimefive.pipeline.shared_frames import (
+    RENEW_S,
+    RING_WAIT,
+    FrameRing,
+    remove_rings,
+    ring_name,
+    ring_slots,
+)
 from gimefive.pipeline.stage import Stage
 from gimefive.pipeline.timestamps import IncreasingPts, frame_step
 
@@ -286,7 +291,7 @@ class SourceStage(Stage):
                 self.count("inline_frames")
             return image
         waiting = time.monotonic()
-        with self.timed("ring_wait"):  # as a full socket queue's wait was (blocked_s)
+        with self.timed(RING_WAIT):  # as a full socket queue's wait was (blocked_s)
             while not self.ring.wait(0.25):
                 if self.reader.live and time.monotonic() - waiting >= RENEW_S:
                     self._fresh_ring(image)  # its frames were lost with a stage
@@ -305,17 +310,14 @@ class SourceStage(Stage):
 
     def _open_ring(self, image: np.ndarray) -> FrameRing | None:
         directory = Path(self.frames_dir)
-        mine = re.compile(re.escape(self.stream_id) + r"-\d+_\d+\.(ring|wake)")
-        for path in directory.iterdir():  # a restarted source's: that process is gone
-            if mine.fullmatch(path.name):
-                path.unlink(missing_ok=True)
+        remove_rings(directory, self.stream_id)
         c = self.config
         held = 0 if self.reader.live else c.detect_batch * c.detect_every
         slots = ring_slots(image.nbytes, self.reader.live, held)
         try:
-            self.rings_made += 1  # named STREAM-PID_N: readers know a stream's by STREAM
-            return FrameRing(directory, f"{self.stream_id}-{os.getpid()}_{self.rings_made}",
-                             slots, image.nbytes)
+            self.rings_made += 1
+            return FrameRing(directory, ring_name(self.stream_id, self.rings_made), slots,
+                             image.nbytes)
         except OSError as exc:
             log.warning("no room for frames in shared memory (%s): they travel inside the "
                         "messages", exc)
